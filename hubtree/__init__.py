@@ -1,0 +1,1 @@
+"""hubtree: model hubs read as data."""

@@ -1,0 +1,200 @@
+"""The ``hubtree`` command line. Heavy imports (Prefect, Ray, torch) happen inside
+the verbs that need them, so ``hubtree --help`` answers at once."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hubtree.errors import HubtreeError
+
+# Prefect's temporary local server takes 12-18 s to start on a small machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+DEFAULT_DEMO_DIR = Path("hubtree-demo")
+
+
+class HubtreeGroup(click.Group):
+    """Prints hubtree's own errors as one clear line (exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HubtreeError as err:
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=HubtreeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hubtree")
+def main() -> None:
+    """hubtree: crawl model hubs, read their weights as data, query the results with SQL.
+
+    \b
+    Typical session:
+      hubtree zoo /tmp/z                         # a local hub of trained toy models
+      hubtree crawl --hub /tmp/z/hub --lake /tmp/l
+      hubtree sql --lake /tmp/l "select author, count(*) from repos group by 1"
+    Or all of it at once: hubtree demo
+    """
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed for data, init and training: same seed, same bytes.")
+@click.option("--scale", default=1, show_default=True, help="Multiplies the number of families and fine-tunes.")
+def zoo(out: Path, seed: int, scale: int) -> None:
+    """Train a local hub of small transformer LMs with known ground truth.
+
+    Writes OUT/hub (a folder in Hub layout: families of fine-tunes, LoRA merges
+    and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
+    families, the hidden base, adapters' dataset sizes), which is never inside the hub.
+    """
+    from hubtree.ops.zoo import build_zoo
+
+    started = time.perf_counter()
+    truth = build_zoo(out, seed=seed, scale=scale)
+    click.echo(f"zoo: {len(truth.models)} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
+
+
+def crawl_options(command):
+    """The hub and listing options shared by every verb that crawls."""
+    options = [
+        click.option("--hub", default=None, help="A local folder in Hub layout, or a Hub-compatible URL (default: https://huggingface.co, or HF_ENDPOINT)."),
+        click.option("--lake", required=True, help="Lake root: a local folder or an fsspec URL such as s3://bucket/prefix."),
+        click.option("--author", default=None, help="Only repos of this user or org."),
+        click.option("--search", default=None, help="Only repos whose id contains this text."),
+        click.option("--filter", "filters", multiple=True, help="Only repos with this tag (repeatable)."),
+        click.option("--sort", default=None, help="Listing order, e.g. downloads, likes, created_at, last_modified."),
+        click.option("--limit", default=None, type=int, help="Crawl at most this many repos from the listing."),
+        click.option("--family", default=None, help="A base repo and all its declared descendants, followed level by level."),
+        click.option("--batch-size", default=32, show_default=True, help="Repos per atomic lake commit."),
+        click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto, ray://head:10001) instead of starting Ray here."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@crawl_options
+def crawl(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address) -> None:
+    """Crawl a hub into the lake: repos, declared parents, files and tensor headers.
+
+    Runs as a Prefect flow (local mode unless PREFECT_API_URL points at a server)
+    that fans the per-repo work out over Ray. Repos already in the lake at the same
+    revision are skipped, so running it again only adds what changed.
+    """
+    from hubtree.pipelines.crawl import crawl_flow
+
+    hub = hub or os.environ.get("HF_ENDPOINT")
+    summary = crawl_flow(
+        hub=hub or "https://huggingface.co", lake=lake, author=author, search=search, filter=list(filters),
+        sort=sort, limit=limit, family=family, batch_size=batch_size, ray_address=ray_address,
+    )
+    _print_summary(summary)
+    if summary["status"] != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.argument("query")
+def sql(lake: str, fmt: str, query: str) -> None:
+    """Run a SQL QUERY with DuckDB over the lake's views.
+
+    \b
+    Each table T has a view T (latest revision per repo, committed rows only)
+    and T_all (every committed row). Tables: repos, declared_edges, files,
+    tensors, adapters, crawl_errors, crawl_runs, lake_commits.
+    Example: hubtree sql --lake L "select count(*) from tensors"
+    """
+    import duckdb
+
+    from hubtree.lake import Lake
+
+    the_lake = Lake(lake)
+    the_lake.require()
+    try:
+        result = the_lake.query(query)
+    except duckdb.Error as err:
+        raise click.ClickException(f"SQL failed: {err}") from err
+    click.echo(format_table(result, fmt))
+
+
+def format_table(table, fmt: str) -> str:
+    """An Arrow table as aligned text, CSV or JSON lines."""
+    rows = table.to_pylist()
+    if fmt == "json":
+        return "\n".join(json.dumps(r, default=str) for r in rows)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=table.column_names)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue().rstrip("\n")
+    cells = [table.column_names] + [[_cell(r[c]) for c in table.column_names] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.column_names))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    text = "NULL" if value is None else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+DEMO_QUERIES = {
+    "Repos per author": "SELECT author, count(*) AS repos, sum(n_tensors) AS tensors, round(sum(weights_bytes) / 1e6, 2) AS weights_mb FROM repos GROUP BY author ORDER BY author",
+    "Declared parents (first 10)": "SELECT repo_id, parent_repo_id, relation, source FROM declared_edges ORDER BY repo_id, source LIMIT 10",
+    "Largest attention matrices": "SELECT name, shape, count(*) AS repos FROM tensors WHERE name LIKE '%self_attn.q_proj.weight' GROUP BY ALL ORDER BY repos DESC LIMIT 5",
+    "PEFT adapters by base": "SELECT base_model, rank, count(*) AS adapters FROM adapters GROUP BY ALL",
+    "Crawl runs": "SELECT run_id, status, repos_crawled, repos_skipped, repos_failed, bytes_fetched, weights_bytes FROM crawl_runs ORDER BY started_at",
+}
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DEMO_DIR, show_default=True, help="Where the zoo and the lake go.")
+@click.option("--seed", default=0, show_default=True)
+def demo(out: Path, seed: int) -> None:
+    """The whole job on the embedded default: train a zoo hub, crawl it, ask SQL.
+
+    Makes OUT/zoo (unless it is there already), crawls OUT/zoo/hub into OUT/lake
+    with Prefect in local mode and Ray on this machine, then prints a few answers.
+    """
+    from hubtree.lake import Lake
+    from hubtree.ops.zoo import build_zoo
+    from hubtree.pipelines.crawl import crawl_flow
+
+    started = time.perf_counter()
+    zoo_dir = out / "zoo"
+    if not (zoo_dir / "truth.json").exists():
+        click.echo(f"== training the zoo into {zoo_dir}")
+        build_zoo(zoo_dir, seed=seed)
+    click.echo(f"== crawling {zoo_dir / 'hub'} into {out / 'lake'}")
+    summary = crawl_flow(hub=str(zoo_dir / "hub"), lake=str(out / "lake"))
+    _print_summary(summary)
+    lake = Lake(str(out / "lake"))
+    for title, query in DEMO_QUERIES.items():
+        click.echo(f"\n== {title}\n$ hubtree sql --lake {out / 'lake'} \"{query}\"")
+        click.echo(format_table(lake.query(query), "table"))
+    click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; try: hubtree sql --lake {out / 'lake'} \"select * from repos limit 5\"")
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(
+        f"crawl {summary['status']}: {summary['repos_crawled']} repos crawled, {summary['repos_skipped']} already in the lake, "
+        f"{summary['repos_failed']} failed; fetched {summary['bytes_fetched'] / 1e6:.2f} MB "
+        f"for {summary['weights_bytes'] / 1e6:.2f} MB of weights files"
+        + (f"\n{summary['message']}" if summary.get("message") else "")
+    )

@@ -1,0 +1,197 @@
+"""Catalog one repo revision: its record, declared parents, files and tensor headers.
+
+This is the per-repo unit of a crawl. It reads the card, the configs and the header
+of every safetensors file, never tensor data, and never opens a pickled file. Every
+failure is caught at the smallest scope that keeps the rest: a bad card costs the
+card, a bad weights file costs that file, a missing repo costs the repo; each
+becomes a ``CrawlError`` instead of an exception.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from hubtree.errors import ConfigParseError, EntryNotFoundError, HubtreeError, UnsupportedFormatError
+from hubtree.ops.declared import (
+    DeclaredEdge,
+    edges_from_adapter_config,
+    edges_from_card,
+    edges_from_tags,
+    parse_card,
+)
+from hubtree.ops.hub_source import HubSource, RepoFile, RepoRecord, RepoRef
+from hubtree.ops.safetensors_reader import TensorEntry, read_header
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+@dataclass(frozen=True)
+class CrawlError:
+    """One failure, with the exception class name a user can search for."""
+
+    repo_id: str | None
+    revision: str | None
+    path: str | None
+    stage: str
+    error_class: str
+    message: str
+    at: datetime
+
+    @classmethod
+    def of(cls, err: Exception, ref: RepoRef | None, stage: str, path: str | None = None, revision_known: bool = True) -> "CrawlError":
+        message = str(err) if isinstance(err, HubtreeError) else f"{type(err).__name__}: {err}"
+        return cls(
+            ref.repo_id if ref else None,
+            ref.revision if ref and revision_known else None,
+            path,
+            stage,
+            type(err).__name__,
+            message or type(err).__name__,
+            datetime.now(timezone.utc),
+        )
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A PEFT adapter's ``adapter_config.json`` fields hubtree uses."""
+
+    base_model: str | None
+    peft_type: str | None
+    rank: int | None
+    lora_alpha: float | None
+    target_modules: list[str]
+
+
+@dataclass
+class RepoCatalog:
+    """Everything a crawl learns about one repo revision."""
+
+    ref: RepoRef
+    record: RepoRecord | None = None
+    card: dict = field(default_factory=dict)
+    config: dict | None = None
+    adapter: AdapterInfo | None = None
+    edges: list[DeclaredEdge] = field(default_factory=list)
+    file_kinds: dict[str, str] = field(default_factory=dict)
+    tensors: list[TensorEntry] = field(default_factory=list)
+    errors: list[CrawlError] = field(default_factory=list)
+    bytes_fetched: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Catalogued (possibly with file-level errors) rather than failed as a whole."""
+        return self.record is not None
+
+
+def file_kind(path: str) -> str:
+    """What a repo file is, by name alone."""
+    name = path.rsplit("/", 1)[-1]
+    if name == "adapter_model.safetensors":
+        return "adapter_weights"
+    if name.endswith(".safetensors"):
+        return "weights"
+    if name.endswith(".safetensors.index.json"):
+        return "weights_index"
+    if name.endswith(PICKLE_SUFFIXES):
+        return "pickle"
+    if name == "adapter_config.json":
+        return "adapter_config"
+    if name == "config.json":
+        return "config"
+    if name == "README.md":
+        return "card"
+    return "other"
+
+
+def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
+    """Catalog ``ref`` from ``source``; never raises for bad input, only records it."""
+    out = RepoCatalog(ref)
+    try:
+        out.record = source.repo_record(ref)
+    except HubtreeError as err:
+        out.errors.append(CrawlError.of(err, ref, "record", revision_known=False))
+        return out
+    out.file_kinds = {f.path: file_kind(f.path) for f in out.record.files}
+    paths = set(out.file_kinds)
+
+    if "README.md" in paths:
+        text = _text(source, ref, "README.md", "card", out)
+        if text is not None:
+            try:
+                out.card = parse_card(text)
+            except HubtreeError as err:
+                out.errors.append(CrawlError.of(err, ref, "card", "README.md"))
+    if "config.json" in paths:
+        out.config = _json(source, ref, "config.json", out)
+    adapter_config = _json(source, ref, "adapter_config.json", out) if "adapter_config.json" in paths else None
+    if adapter_config is not None:
+        out.adapter = _adapter_info(adapter_config)
+
+    out.edges = _dedupe(
+        edges_from_card(out.card, ref.repo_id, has_adapter=adapter_config is not None)
+        + edges_from_tags(out.record.tags, ref.repo_id)
+        + (edges_from_adapter_config(adapter_config, ref.repo_id) if adapter_config else [])
+    )
+
+    weights = [f for f in out.record.files if out.file_kinds[f.path] in ("weights", "adapter_weights")]
+    for repo_file in weights:
+        _read_tensors(source, ref, repo_file, out)
+    if not weights and any(k == "pickle" for k in out.file_kinds.values()):
+        err = UnsupportedFormatError("weights only in pickle formats (.bin/.pt); hubtree never unpickles, so none were read")
+        out.errors.append(CrawlError.of(err, ref, "weights"))
+    return out
+
+
+def _read_tensors(source: HubSource, ref: RepoRef, repo_file: RepoFile, out: RepoCatalog) -> None:
+    try:
+        handle = source.open_file(ref, repo_file.path, repo_file.size)
+        try:
+            header = read_header(handle, repo_file.path)
+        finally:
+            out.bytes_fetched += handle.bytes_read
+    except HubtreeError as err:
+        out.errors.append(CrawlError.of(err, ref, "header", repo_file.path))
+        return
+    out.tensors.extend(header.tensors)
+
+
+def _text(source: HubSource, ref: RepoRef, path: str, stage: str, out: RepoCatalog) -> str | None:
+    try:
+        text = source.read_text(ref, path)
+    except EntryNotFoundError:
+        return None
+    except HubtreeError as err:
+        out.errors.append(CrawlError.of(err, ref, stage, path))
+        return None
+    out.bytes_fetched += len(text.encode("utf-8"))
+    return text
+
+
+def _json(source: HubSource, ref: RepoRef, path: str, out: RepoCatalog) -> dict | None:
+    text = _text(source, ref, path, "config", out)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    except ValueError as err:
+        out.errors.append(CrawlError.of(ConfigParseError(f"{path} is not a JSON object: {err}"), ref, "config", path))
+        return None
+    return value
+
+
+def _adapter_info(config: dict) -> AdapterInfo:
+    targets = config.get("target_modules") or []
+    return AdapterInfo(
+        base_model=config.get("base_model_name_or_path") if isinstance(config.get("base_model_name_or_path"), str) else None,
+        peft_type=str(config.get("peft_type")) if config.get("peft_type") else None,
+        rank=int(config["r"]) if isinstance(config.get("r"), int) else None,
+        lora_alpha=float(config["lora_alpha"]) if isinstance(config.get("lora_alpha"), (int, float)) else None,
+        target_modules=[targets] if isinstance(targets, str) else [str(t) for t in targets],
+    )
+
+
+def _dedupe(edges: list[DeclaredEdge]) -> list[DeclaredEdge]:
+    return list(dict.fromkeys(edges))

@@ -1,0 +1,78 @@
+"""What every hub looks like to hubtree: typed records and one small interface.
+
+A source yields records; it knows nothing of Parquet, Ray or Prefect. A new hub
+(a local folder, the Hugging Face Hub over HTTP, another registry) is one new
+class that satisfies ``HubSource``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterator, Protocol
+
+from hubtree.ops.safetensors_reader import ByteSource
+
+
+@dataclass(frozen=True)
+class RepoQuery:
+    """Which repos to crawl; mirrors the Hub's list filters."""
+
+    author: str | None = None
+    search: str | None = None
+    filter: tuple[str, ...] = ()
+    sort: str | None = None
+    limit: int | None = None
+    family: str | None = None  # a base repo and all its declared descendants
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """One listing entry: enough to decide whether a repo needs crawling at all."""
+
+    repo_id: str
+    revision: str  # a commit sha on the Hub, a content hash for a local folder
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    """A file of a repo at a revision."""
+
+    path: str
+    size: int
+    sha256: str | None = None  # the LFS oid where the hub gives one
+
+
+@dataclass
+class RepoRecord:
+    """A repo's metadata at one revision, as the hub describes it."""
+
+    repo_id: str
+    revision: str
+    author: str | None
+    created_at: datetime | None
+    last_modified: datetime | None
+    tags: list[str] = field(default_factory=list)
+    pipeline_tag: str | None = None
+    library_name: str | None = None
+    gated: bool = False
+    downloads: int | None = None
+    likes: int | None = None
+    files: list[RepoFile] = field(default_factory=list)
+
+
+class HubSource(Protocol):
+    """A model hub: list repos, describe one, and open its files for reading by range."""
+
+    url: str  # how the user named this hub (a path or an endpoint URL); stored in crawl_runs
+
+    def list_repos(self, query: RepoQuery) -> Iterator[RepoRef]:
+        """Repos matching the query, one cheap listing entry each."""
+
+    def repo_record(self, ref: RepoRef) -> RepoRecord:
+        """Metadata and file list of one repo at ``ref.revision``."""
+
+    def read_text(self, ref: RepoRef, path: str, max_bytes: int = 1 << 20) -> str:
+        """A small text file (card, config) of the repo; raises EntryNotFoundError if absent."""
+
+    def open_file(self, ref: RepoRef, path: str, size: int | None = None) -> ByteSource:
+        """Random access to one file at ``ref.revision`` (memory or byte ranges, never a full download)."""

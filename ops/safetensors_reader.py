@@ -1,0 +1,235 @@
+"""The one safetensors reader: header parsing, validation and single-tensor reads.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
+(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``)
+and then raw tensor buffers, offsets relative to the end of the header.
+
+We parse the header ourselves instead of calling ``safetensors.safe_open`` because
+remote files are read by byte range: only the header and the exact bytes of the
+tensors a stage uses ever cross the network. Every offset is checked against the
+file size *before* a byte of data is read, so a lying header costs one small read.
+Nothing here executes code from a file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from hubtree.errors import (
+    FileUnreadableError,
+    HeaderTooLargeError,
+    InvalidHeaderError,
+    OverlappingTensorsError,
+    TensorOutOfRangeError,
+    TruncatedFileError,
+)
+
+# The safetensors library refuses headers over 100 MB; so do we, before reading them.
+MAX_HEADER_BYTES = 100_000_000
+
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+
+
+class ByteSource(Protocol):
+    """Random access to one file's bytes: a local file or an HTTP resource read by range."""
+
+    bytes_read: int  # what this source has fetched so far: crawls report it per repo and run
+
+    def size(self) -> int:
+        """Total length of the file in bytes."""
+
+    def read(self, start: int, end: int) -> bytes:
+        """Exactly the bytes ``[start, end)``; raises TruncatedFileError if fewer arrive."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's header entry, with offsets made absolute within its file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    begin: int  # absolute byte offset of the first byte
+    end: int  # absolute byte offset one past the last byte
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header: its tensors sorted by offset and the free-form metadata."""
+
+    file: str
+    file_size: int
+    header_size: int  # 8 + N
+    tensors: tuple[TensorEntry, ...]
+    metadata: dict[str, str]
+
+
+class LocalFile:
+    """A ByteSource over a local path, read with ``os.pread`` (no whole-file reads)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._size = self.path.stat().st_size
+        except OSError as err:
+            raise FileUnreadableError(f"cannot stat {self.path}: {err.strerror}") from err
+        self.bytes_read = 0
+
+    def size(self) -> int:
+        return self._size
+
+    def read(self, start: int, end: int) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise FileUnreadableError(f"cannot open {self.path}: {err.strerror}") from err
+        try:
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        self.bytes_read += len(data)
+        if len(data) != end - start:
+            raise TruncatedFileError(
+                f"{self.path}: wanted bytes {start}-{end - 1}, the file has {self._size}"
+            )
+        return data
+
+
+def parse_header(prefix: bytes, file_size: int, file: str = "") -> SafetensorsHeader:
+    """Validate a header given the file's first ``8 + N`` bytes and its total size.
+
+    Raises one of the SafetensorsError subclasses naming the first problem found:
+    a length prefix past the bound or the file, bad JSON, an unknown dtype, a shape
+    whose byte count disagrees with its offsets, offsets outside the data region,
+    or two tensors sharing bytes.
+    """
+    n = header_length(prefix[:8], file_size, file)
+    if len(prefix) < 8 + n:
+        raise TruncatedFileError(f"{file}: header needs {8 + n} bytes, got {len(prefix)}")
+    try:
+        raw = json.loads(prefix[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InvalidHeaderError(f"{file}: header is not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise InvalidHeaderError(f"{file}: header is a JSON {type(raw).__name__}, not an object")
+    metadata = raw.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise InvalidHeaderError(f"{file}: __metadata__ is not an object")
+    data_start = 8 + n
+    entries = sorted(
+        (_entry(name, spec, data_start, file) for name, spec in raw.items()),
+        key=lambda e: (e.begin, e.end),
+    )
+    for entry in entries:
+        if entry.end > file_size:
+            raise TensorOutOfRangeError(
+                f"{file}: tensor {entry.name!r} ends at byte {entry.end}, past the end of the "
+                f"file ({file_size} bytes); the file is truncated or its header lies"
+            )
+    for left, right in zip(entries, entries[1:]):
+        if right.begin < left.end:
+            raise OverlappingTensorsError(
+                f"{file}: tensors {left.name!r} and {right.name!r} overlap"
+            )
+    return SafetensorsHeader(file, file_size, data_start, tuple(entries), {str(k): str(v) for k, v in metadata.items()})
+
+
+def header_length(first8: bytes, file_size: int, file: str = "") -> int:
+    """The header's JSON length N from the 8-byte prefix, bounded before anything is read."""
+    if len(first8) < 8 or file_size < 8:
+        raise TruncatedFileError(f"{file}: {file_size} bytes is too short for a safetensors file")
+    (n,) = struct.unpack("<Q", first8[:8])
+    if n > MAX_HEADER_BYTES:
+        raise HeaderTooLargeError(f"{file}: header claims {n} bytes, over the {MAX_HEADER_BYTES} byte bound")
+    if 8 + n > file_size:
+        raise TruncatedFileError(f"{file}: header claims {n} bytes but the file has only {file_size}")
+    return n
+
+
+def _entry(name: str, spec: object, data_start: int, file: str) -> TensorEntry:
+    if not isinstance(spec, dict):
+        raise InvalidHeaderError(f"{file}: entry {name!r} is not an object")
+    dtype = spec.get("dtype")
+    shape = spec.get("shape")
+    offsets = spec.get("data_offsets")
+    if dtype not in DTYPES:
+        raise InvalidHeaderError(f"{file}: tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidHeaderError(f"{file}: tensor {name!r} has invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise TensorOutOfRangeError(f"{file}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != expected:
+        raise TensorOutOfRangeError(
+            f"{file}: tensor {name!r} ({dtype} {shape}) needs {expected} bytes, "
+            f"its offsets span {offsets[1] - offsets[0]}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), file, data_start + offsets[0], data_start + offsets[1])
+
+
+def read_header(source: ByteSource, file: str = "") -> SafetensorsHeader:
+    """Read and validate a header with two reads: the 8-byte prefix, then exactly N bytes."""
+    size = source.size()
+    first8 = source.read(0, 8) if size >= 8 else b""
+    n = header_length(first8, size, file)
+    return parse_header(first8 + source.read(8, 8 + n), size, file)
+
+
+def read_tensor(source: ByteSource, entry: TensorEntry) -> np.ndarray:
+    """Exactly one tensor's bytes, decoded to a numpy array of its own dtype and shape.
+
+    ``entry`` must come from ``read_header`` on the same source, so its offsets have
+    been validated against the file; this is the only way later stages read weights.
+    """
+    return decode(source.read(entry.begin, entry.end), entry.dtype, entry.shape)
+
+
+def decode(raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw little-endian bytes to an array; BF16 and F8 via ml_dtypes."""
+    np_dtype = DTYPES[dtype].newbyteorder("<") if DTYPES[dtype].itemsize > 1 else DTYPES[dtype]
+    return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
+
+
+def as_float_tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A float torch tensor for the math (always a writable copy: torch cannot wrap read-only buffers or ml_dtypes arrays)."""
+    wide = np.float64 if dtype == torch.float64 else np.float32
+    return torch.from_numpy(array.astype(wide)).to(dtype)

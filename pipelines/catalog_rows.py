@@ -1,0 +1,76 @@
+"""Turn per-repo catalogs into the lake's Arrow tables (one table per schema)."""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from hubtree.ops.catalog import CrawlError, RepoCatalog
+from hubtree.schemas import tables as T
+
+
+def catalog_tables(catalogs: list[RepoCatalog], run_id: str, hub: str) -> dict[str, pa.Table]:
+    """Rows for repos, declared_edges, files, tensors, adapters and crawl_errors."""
+    now = datetime.now(timezone.utc)
+    rows: dict[str, list[dict]] = {name: [] for name in ("repos", "declared_edges", "files", "tensors", "adapters", "crawl_errors")}
+    for cat in catalogs:
+        rows["crawl_errors"] += [error_row(e, run_id) for e in cat.errors]
+        if not cat.ok:
+            continue
+        key = {"repo_id": cat.ref.repo_id, "revision": cat.ref.revision, "run_id": run_id, "batch_id": ""}
+        rows["repos"].append(_repo_row(cat, key, hub, now))
+        rows["declared_edges"] += [
+            {**key, "parent_repo_id": e.parent, "relation": e.relation, "source": e.source} for e in cat.edges
+        ]
+        rows["files"] += [
+            {**key, "path": f.path, "size": f.size, "sha256": f.sha256, "kind": cat.file_kinds[f.path]}
+            for f in cat.record.files
+        ]
+        rows["tensors"] += [
+            {**key, "file": t.file, "name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+             "numel": t.numel, "data_begin": t.begin, "data_end": t.end}
+            for t in cat.tensors
+        ]
+        if cat.adapter:
+            a = cat.adapter
+            rows["adapters"].append(
+                {**key, "base_model": a.base_model, "peft_type": a.peft_type, "rank": a.rank,
+                 "lora_alpha": a.lora_alpha, "target_modules": a.target_modules}
+            )
+    return {name: pa.Table.from_pylist(r, schema=T.SCHEMAS[name]) for name, r in rows.items()}
+
+
+def error_row(error: CrawlError, run_id: str) -> dict:
+    return {**error.__dict__, "run_id": run_id, "batch_id": ""}
+
+
+def _repo_row(cat: RepoCatalog, key: dict, hub: str, now: datetime) -> dict:
+    record, config = cat.record, cat.config or {}
+    weights = [f for f in record.files if cat.file_kinds[f.path] in ("weights", "adapter_weights")]
+    architectures = config.get("architectures")
+    return {
+        **key,
+        "author": record.author,
+        "created_at": record.created_at,
+        "last_modified": record.last_modified,
+        "tags": record.tags,
+        "pipeline_tag": record.pipeline_tag,
+        "library_name": record.library_name,
+        "gated": record.gated,
+        "downloads": record.downloads,
+        "likes": record.likes,
+        "card_metadata": json.dumps(cat.card, default=str, sort_keys=True) if cat.card else None,
+        "model_type": config.get("model_type") if isinstance(config.get("model_type"), str) else None,
+        "architectures": [str(a) for a in architectures] if isinstance(architectures, list) else None,
+        "config": json.dumps(cat.config, sort_keys=True) if cat.config is not None else None,
+        "n_files": len(record.files),
+        "total_bytes": sum(f.size for f in record.files),
+        "weights_bytes": sum(f.size for f in weights),
+        "n_tensors": len(cat.tensors),
+        "n_params": sum(math.prod(t.shape) for t in cat.tensors),
+        "bytes_fetched": cat.bytes_fetched,
+        "hub": hub,
+        "crawled_at": now,
+    }

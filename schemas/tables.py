@@ -1,0 +1,126 @@
+"""One Arrow schema per lake table: a table's columns change here and nowhere else.
+
+Every row carries ``run_id`` (the flow run that made it) and ``batch_id`` (the lake
+commit it belongs to); repo-keyed tables carry ``repo_id`` and ``revision``. The
+``crawl_date`` partition column lives in the folder names, not in the files.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+_KEY = [pa.field("repo_id", pa.string(), nullable=False), pa.field("revision", pa.string(), nullable=False)]
+_BOOKKEEPING = [pa.field("run_id", pa.string(), nullable=False), pa.field("batch_id", pa.string(), nullable=False)]
+
+
+def _table(*fields: pa.Field, keyed: bool = True) -> pa.Schema:
+    return pa.schema([*(_KEY if keyed else []), *fields, *_BOOKKEEPING])
+
+
+REPOS = _table(
+    pa.field("author", pa.string()),
+    pa.field("created_at", TS),
+    pa.field("last_modified", TS),
+    pa.field("tags", pa.list_(pa.string())),
+    pa.field("pipeline_tag", pa.string()),
+    pa.field("library_name", pa.string()),
+    pa.field("gated", pa.bool_()),
+    pa.field("downloads", pa.int64()),
+    pa.field("likes", pa.int64()),
+    pa.field("card_metadata", pa.string()),  # the card's YAML front matter as JSON; no card prose
+    pa.field("model_type", pa.string()),
+    pa.field("architectures", pa.list_(pa.string())),
+    pa.field("config", pa.string()),  # config.json as JSON text
+    pa.field("n_files", pa.int32()),
+    pa.field("total_bytes", pa.int64()),  # all files of the revision
+    pa.field("weights_bytes", pa.int64()),  # safetensors files only
+    pa.field("n_tensors", pa.int32()),
+    pa.field("n_params", pa.int64()),
+    pa.field("bytes_fetched", pa.int64()),  # what the crawl read of this repo
+    pa.field("hub", pa.string()),
+    pa.field("crawled_at", TS),
+)
+
+DECLARED_EDGES = _table(
+    pa.field("parent_repo_id", pa.string(), nullable=False),
+    pa.field("relation", pa.string()),  # finetune | adapter | quantized | merge | null
+    pa.field("source", pa.string(), nullable=False),  # card | tag | adapter_config
+)
+
+FILES = _table(
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("size", pa.int64()),
+    pa.field("sha256", pa.string()),
+    pa.field("kind", pa.string()),  # weights | adapter_weights | weights_index | pickle | config | adapter_config | card | other
+)
+
+TENSORS = _table(
+    pa.field("file", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("dtype", pa.string()),
+    pa.field("shape", pa.list_(pa.int64())),
+    pa.field("numel", pa.int64()),
+    pa.field("data_begin", pa.int64()),  # absolute byte offsets in the file: a range read needs nothing else
+    pa.field("data_end", pa.int64()),
+)
+
+ADAPTERS = _table(
+    pa.field("base_model", pa.string()),
+    pa.field("peft_type", pa.string()),
+    pa.field("rank", pa.int32()),
+    pa.field("lora_alpha", pa.float64()),
+    pa.field("target_modules", pa.list_(pa.string())),
+)
+
+CRAWL_ERRORS = _table(
+    pa.field("path", pa.string()),  # the file, when the error is about one file
+    pa.field("stage", pa.string(), nullable=False),  # list | record | card | config | header | ...
+    pa.field("error_class", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+    pa.field("at", TS),
+    keyed=False,
+).insert(0, pa.field("revision", pa.string())).insert(0, pa.field("repo_id", pa.string()))
+
+CRAWL_RUNS = _table(
+    pa.field("flow", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # running | completed | failed
+    pa.field("hub", pa.string()),
+    pa.field("lake", pa.string()),
+    pa.field("parameters", pa.string()),  # JSON; never holds a token
+    pa.field("started_at", TS),
+    pa.field("finished_at", TS),
+    pa.field("repos_listed", pa.int64()),
+    pa.field("repos_skipped", pa.int64()),
+    pa.field("repos_crawled", pa.int64()),
+    pa.field("repos_failed", pa.int64()),
+    pa.field("requests", pa.int64()),
+    pa.field("bytes_fetched", pa.int64()),
+    pa.field("weights_bytes", pa.int64()),
+    keyed=False,
+)
+
+LAKE_COMMITS = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("tables", pa.list_(pa.string())),
+        pa.field("rows", pa.int64()),
+        pa.field("committed_at", TS),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "repos": REPOS,
+    "declared_edges": DECLARED_EDGES,
+    "files": FILES,
+    "tensors": TENSORS,
+    "adapters": ADAPTERS,
+    "crawl_errors": CRAWL_ERRORS,
+    "crawl_runs": CRAWL_RUNS,
+    "lake_commits": LAKE_COMMITS,
+}
+
+# Tables whose rows describe one repo revision; their views keep the latest revision per repo.
+REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters")
