@@ -198,3 +198,7 @@ def _print_summary(summary: dict) -> None:
         f"for {summary['weights_bytes'] / 1e6:.2f} MB of weights files"
         + (f"\n{summary['message']}" if summary.get("message") else "")
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -70,8 +70,9 @@ class LocalHub:
         """A 40-hex content hash of the repo's files, stable across machines and copies."""
         digest = hashlib.sha1()
         for path in self._files(repo_id):
-            digest.update(f"{path.relative_to(self._dir(repo_id)).as_posix()}\0{path.stat().st_size}\0".encode())
-            digest.update(_sha256(path, path.stat().st_size, path.stat().st_mtime_ns).encode())
+            size = _size(path)
+            digest.update(f"{path.relative_to(self._dir(repo_id)).as_posix()}\0{size}\0".encode())
+            digest.update(_sha256(path, size, path.lstat().st_mtime_ns).encode())
         return digest.hexdigest()
 
     def tags(self, repo_id: str) -> list[str]:
@@ -84,7 +85,7 @@ class LocalHub:
 
     def repo_record(self, ref: RepoRef) -> RepoRecord:
         files = self._files(ref.repo_id)
-        mtimes = [p.stat().st_mtime for p in files] or [0.0]
+        mtimes = [p.lstat().st_mtime for p in files] or [0.0]
         card = self._card_fields(ref.repo_id)
         return RepoRecord(
             repo_id=ref.repo_id,
@@ -96,7 +97,7 @@ class LocalHub:
             pipeline_tag=card.get("pipeline_tag") if isinstance(card.get("pipeline_tag"), str) else None,
             library_name=card.get("library_name") if isinstance(card.get("library_name"), str) else None,
             files=[
-                RepoFile(p.relative_to(self._dir(ref.repo_id)).as_posix(), p.stat().st_size)
+                RepoFile(p.relative_to(self._dir(ref.repo_id)).as_posix(), _size(p))
                 for p in files
             ],
         )
@@ -106,7 +107,7 @@ class LocalHub:
 
     def open_file(self, ref: RepoRef, path: str, size: int | None = None) -> LocalFile:
         target = self._dir(ref.repo_id) / path
-        if not target.is_file():
+        if not (target.is_file() or target.is_symlink()):
             raise EntryNotFoundError(f"{ref.repo_id} has no file {path}")
         return LocalFile(target)
 
@@ -125,9 +126,11 @@ class LocalHub:
         repo = self._dir(repo_id)
         if not repo.is_dir():
             raise RepoNotFoundError(f"repo {repo_id} not found under {self.root}")
+        # Symlinks count even when dangling: a file the hub lists but nobody can read
+        # must surface as an error row, not vanish from the catalog.
         return sorted(
             p for p in repo.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(repo).parts)
+            if (p.is_file() or p.is_symlink()) and not any(part.startswith(".") for part in p.relative_to(repo).parts)
         )
 
     def _read(self, repo_id: str, path: str, max_bytes: int = 1 << 20) -> str:
@@ -153,6 +156,14 @@ def _matches(record: RepoRecord, query: RepoQuery) -> bool:
     if query.search and query.search.lower() not in record.repo_id.lower():
         return False
     return all(tag in record.tags for tag in query.filter)
+
+
+def _size(path: Path) -> int:
+    """A file's size, 0 for one that cannot be stat'ed (a dangling link): it is still listed."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 @lru_cache(maxsize=65536)

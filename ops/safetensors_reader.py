@@ -115,12 +115,12 @@ class LocalFile:
     def read(self, start: int, end: int) -> bytes:
         try:
             fd = os.open(self.path, os.O_RDONLY)
+            try:
+                data = os.pread(fd, end - start, start)
+            finally:
+                os.close(fd)
         except OSError as err:
-            raise FileUnreadableError(f"cannot open {self.path}: {err.strerror}") from err
-        try:
-            data = os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
+            raise FileUnreadableError(f"cannot read {self.path}: {err.strerror}") from err
         self.bytes_read += len(data)
         if len(data) != end - start:
             raise TruncatedFileError(

@@ -1,0 +1,34 @@
+"""Shared fixtures: one Prefect test server and one local Ray for the whole session."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API for flow tests (it takes 12-18 s to start here, so once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Ray on this machine with 2 CPUs and a small object store, shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def flows(prefect_server, ray_local):
+    """Everything a flow needs: Prefect API and Ray."""
+    yield
