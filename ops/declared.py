@@ -61,15 +61,16 @@ def normalise_repo_id(value: object) -> str | None:
 def edges_from_card(card: dict, child: str, has_adapter: bool = False) -> list[DeclaredEdge]:
     """``base_model`` (a string or a list) with ``base_model_relation`` when the card gives it.
 
-    Without an explicit relation: several parents are a merge, an adapter repo is an
-    adapter, and one parent is left undeclared (None) rather than guessed.
+    Without an explicit relation an adapter repo is an adapter, and otherwise the
+    relation is left undeclared (None) rather than guessed: real cards list several
+    parents for fine-tunes too, and the Hub's own tags then say ``finetune``.
     """
     raw = card.get("base_model")
     values = raw if isinstance(raw, list) else [raw]
     parents = _unique(p for p in map(normalise_repo_id, values) if p and p != child)
     relation = card.get("base_model_relation")
     if relation not in RELATIONS:
-        relation = "merge" if len(parents) > 1 else "adapter" if has_adapter else None
+        relation = "adapter" if has_adapter else None
     return [DeclaredEdge(p, relation, "card") for p in parents]
 
 
