@@ -92,14 +92,92 @@ def crawl(hub, lake, author, search, filters, sort, limit, family, batch_size, r
     """
     from hubtree.pipelines.crawl import crawl_flow
 
-    hub = hub or os.environ.get("HF_ENDPOINT")
-    summary = crawl_flow(
-        hub=hub or "https://huggingface.co", lake=lake, author=author, search=search, filter=list(filters),
-        sort=sort, limit=limit, family=family, batch_size=batch_size, ray_address=ray_address,
-    )
+    summary = crawl_flow(**_query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address))
     _print_summary(summary)
     if summary["status"] != "completed":
         sys.exit(1)
+
+
+def _query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address) -> dict:
+    """Flow parameters from the shared options; local paths made absolute for runs started elsewhere."""
+    hub = hub or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return {
+        "hub": _absolute(hub), "lake": _absolute(lake), "author": author,
+        "search": search, "filter": list(filters), "sort": sort, "limit": limit, "family": family,
+        "batch_size": batch_size, "ray_address": ray_address,
+    }
+
+
+@main.command()
+@crawl_options
+def run(**options) -> None:
+    """Run the whole pipeline (every stage that exists) as one Prefect flow.
+
+    Each stage is a subflow that reads only the lake and the hub, so any stage can
+    also be rerun alone with its own verb. The parameters land in crawl_runs.
+    """
+    from hubtree.pipelines.run import run_flow
+
+    result = run_flow(**_query_params(**options))
+    for summary in result["stages"].values():
+        if "repos_crawled" in summary:
+            _print_summary(summary)
+    click.echo(f"run {result['run_id']}: {result['status']}")
+    if result["status"] != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@crawl_options
+@click.option("--cron", default="0 3 * * *", show_default=True, help="When to run, as a cron line (UTC).")
+@click.option("--name", default="nightly", show_default=True, help="Deployment name: the flow runs as hubtree-run/NAME.")
+def schedule(cron: str, name: str, **options) -> None:
+    """Register `hubtree run` as a Prefect deployment on a cron schedule and serve it.
+
+    \b
+    This process is the runner: it stays up, starts each scheduled run, and also
+    runs any on-demand run (`hubtree rerun hubtree-run/NAME`). With PREFECT_API_URL
+    pointing at a Prefect server the schedule is visible in its UI; for a work pool
+    on a server, see deploy/prefect.yaml and deploy/README.md.
+    """
+    from hubtree.pipelines.run import run_flow
+
+    click.echo(f"serving deployment hubtree-run/{name} on cron '{cron}' (Ctrl-C to stop)")
+    run_flow.serve(name=name, cron=cron, parameters=_query_params(**options), print_starting_message=False)
+
+
+@main.command()
+@click.argument("deployment")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter (VALUE as JSON when it parses, else text); repeatable.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the run to finish and report its state.")
+def rerun(deployment: str, params: tuple[str, ...], wait: bool) -> None:
+    """Run a deployment now: `hubtree rerun hubtree-run/nightly --param limit=10`.
+
+    Something must serve the deployment (`hubtree schedule`, or a worker on its
+    work pool). Reruns are idempotent: repos already in the lake are skipped.
+    """
+    from prefect.deployments import run_deployment
+
+    overrides = dict(_parse_param(p) for p in params)
+    flow_run = run_deployment(deployment, parameters=overrides, timeout=None if wait else 0)
+    state = flow_run.state
+    click.echo(f"flow run {flow_run.name} ({flow_run.id}): {state.name if state else 'scheduled'}")
+    if wait and (state is None or not state.is_completed()):
+        sys.exit(1)
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--param")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 @main.command()

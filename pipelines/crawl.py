@@ -7,7 +7,6 @@ point and run again, it commits exactly the batches that were missing.
 """
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
@@ -26,7 +25,8 @@ from hubtree.ops.hub_source import RepoQuery, RepoRef
 from hubtree.ops.hubs import open_hub
 from hubtree.pipelines.catalog_rows import catalog_tables, error_row
 from hubtree.pipelines.ray_runtime import ensure_ray, worker_count
-from hubtree.schemas.tables import CRAWL_ERRORS, CRAWL_RUNS
+from hubtree.pipelines.run_log import record_run
+from hubtree.schemas.tables import CRAWL_ERRORS
 
 
 @dataclass
@@ -105,7 +105,7 @@ def crawl_flow(
     removed = the_lake.vacuum()
     if removed:
         logger.info("removed %d parts left by an interrupted run", removed)
-    _record_run(the_lake, summary, params, started)
+    record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
 
     try:
         todo, summary.repos_listed = list_new_repos(hub, the_lake, query)
@@ -113,7 +113,7 @@ def crawl_flow(
         summary.status, summary.message = "failed", str(err)
         error = CrawlError.of(err, None, "list")
         the_lake.commit("crawl", summary.run_id, {"crawl_errors": pa.Table.from_pylist([error_row(error, summary.run_id)], schema=CRAWL_ERRORS)}, day=started.date())
-        _record_run(the_lake, summary, params, started)
+        record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
         logger.error("listing %s failed: %s", hub, err)
         return asdict(summary)
     summary.repos_skipped = summary.repos_listed - len(todo)
@@ -138,7 +138,7 @@ def crawl_flow(
         for actor in actors:
             ray.kill(actor)
     summary.status = "completed"
-    _record_run(the_lake, summary, params, started)
+    record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(
         "crawl %s: %d crawled, %d failed, %d skipped; fetched %.2f MB of %.2f MB of weights files",
         summary.run_id, summary.repos_crawled, summary.repos_failed, summary.repos_skipped,
@@ -146,16 +146,3 @@ def crawl_flow(
     )
     return asdict(summary)
 
-
-def _record_run(lake: Lake, summary: CrawlSummary, params: dict, started: datetime) -> None:
-    row = {
-        **{k: v for k, v in asdict(summary).items() if k in CRAWL_RUNS.names},
-        "flow": "crawl",
-        "hub": params["hub"],
-        "lake": params["lake"],
-        "parameters": json.dumps(params, sort_keys=True),
-        "started_at": started,
-        "finished_at": None if summary.status == "running" else datetime.now(timezone.utc),
-        "batch_id": "",
-    }
-    lake.commit("crawl_runs", summary.run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())
