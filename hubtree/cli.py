@@ -15,6 +15,7 @@ from hubtree.errors import HubtreeError
 # Prefect's temporary local server takes 12-18 s to start on a small machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEFAULT_DEMO_DIR = Path("hubtree-demo")
 
