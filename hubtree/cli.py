@@ -270,6 +270,45 @@ def demo(out: Path, seed: int) -> None:
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; try: hubtree sql --lake {out / 'lake'} \"select * from repos limit 5\"")
 
 
+@main.group()
+def hub() -> None:
+    """Hub tools: serve a local hub folder over a Hub-compatible HTTP API."""
+
+
+@hub.command()
+@click.argument("root", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, help="0 picks a free port (printed at start).")
+@click.option("--records", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON lines of Hub model records to serve as metadata-only repos (repeatable).")
+@click.option("--page-size", default=1000, show_default=True, help="Listing page size; pages chain with Link: rel=next.")
+@click.option("--fault-429-every", default=0, help="Every Nth request answers 429 with a RateLimit header (0: never).")
+@click.option("--fault-500-every", default=0, help="Every Nth request answers 500.")
+@click.option("--fault-stall-every", default=0, help="Every Nth request stalls for --stall-seconds first.")
+@click.option("--fault-truncate-every", default=0, help="Every Nth body is cut short after its Content-Length was sent.")
+@click.option("--stall-seconds", default=2.0, show_default=True)
+def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds) -> None:
+    """Serve ROOT (a folder in Hub layout) as a Hub-compatible HTTP API.
+
+    \b
+    What huggingface_hub calls works against it: /api/models (author, search,
+    filter, sort, limit, expand, Link pagination), /api/models/ID[/revision/REV],
+    /api/models/ID/tree/REV, and HEAD/GET /ID/resolve/REV/PATH with byte ranges.
+    Use it as an air-gapped mirror:  hubtree crawl --hub http://127.0.0.1:8765 --lake L
+    A repo folder holding a .gated file answers file reads with 401 unless a token is sent.
+    """
+    from hubtree.hub_server import FaultSpec
+    from hubtree.hub_server import serve as serve_hub
+
+    if root is None and not records:
+        raise click.UsageError("give a hub folder ROOT, --records FILE, or both")
+    faults = FaultSpec(
+        rate_limit_every=fault_429_every, server_error_every=fault_500_every, stall_every=fault_stall_every,
+        truncate_every=fault_truncate_every, stall_s=stall_seconds,
+    )
+    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None, page_size=page_size)
+
+
 def _print_summary(summary: dict) -> None:
     click.echo(
         f"crawl {summary['status']}: {summary['repos_crawled']} repos crawled, {summary['repos_skipped']} already in the lake, "

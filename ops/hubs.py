@@ -1,18 +1,35 @@
 """Pick the hub source for what the user typed: a folder, or a Hub-compatible URL."""
 from __future__ import annotations
 
+import os
+
 from hubtree.ops.hub_source import HubSource
 
 DEFAULT_HUB = "https://huggingface.co"
 
 
-def open_hub(hub: str | None) -> HubSource:
-    """``http(s)://...`` is a Hub-compatible endpoint (default: the Hugging Face Hub); anything else a local folder."""
+def open_hub(hub: str | None, budget_share: float = 1.0) -> HubSource:
+    """``http(s)://...`` is a Hub-compatible endpoint (default: the Hugging Face Hub); anything else a local folder.
+
+    A remote hub's request budget per window comes from HUBTREE_API_BUDGET and
+    HUBTREE_RESOLVE_BUDGET (default: the free tier's 1,000 and 5,000 per 5 minutes);
+    ``budget_share`` is this process's part of it when several workers crawl at once,
+    so that together they stay under the limit. HUBTREE_HTTP_TIMEOUT_S bounds each
+    request (default 30 s); a request that times out is retried like a 5xx.
+    """
     hub = hub or DEFAULT_HUB
-    if hub.startswith(("http://", "https://")):
-        from hubtree.ops.http_hub import HttpHub  # imported lazily: huggingface_hub is only needed for remote hubs
+    if not hub.startswith(("http://", "https://")):
+        from hubtree.ops.local_hub import LocalHub
 
-        return HttpHub(hub)
-    from hubtree.ops.local_hub import LocalHub
+        return LocalHub(hub)
+    # Imported lazily: huggingface_hub and httpx are needed for remote hubs only.
+    from hubtree.ops.http_hub import HttpHub
+    from hubtree.ops.retry import API, FREE_TIER, RESOLVE, RequestBudget, RetryPolicy
 
-    return LocalHub(hub)
+    totals = {
+        API: int(os.environ.get("HUBTREE_API_BUDGET", FREE_TIER[API])),
+        RESOLVE: int(os.environ.get("HUBTREE_RESOLVE_BUDGET", FREE_TIER[RESOLVE])),
+    }
+    limits = {kind: max(1, int(total * budget_share)) for kind, total in totals.items()}
+    timeout = float(os.environ.get("HUBTREE_HTTP_TIMEOUT_S", 30))
+    return HttpHub(hub, policy=RetryPolicy(budget=RequestBudget(limits=limits), timeout=timeout))

@@ -49,8 +49,8 @@ class CrawlSummary:
 class CatalogWorker:
     """Holds one hub connection and catalogs repos sent to it."""
 
-    def __init__(self, hub: str):
-        self.source = open_hub(hub)
+    def __init__(self, hub: str, budget_share: float):
+        self.source = open_hub(hub, budget_share)
 
     def catalog(self, ref: RepoRef) -> RepoCatalog:
         try:
@@ -121,7 +121,8 @@ def crawl_flow(
 
     if todo:
         ensure_ray(ray_address)
-        actors = [CatalogWorker.remote(hub) for _ in range(min(worker_count(), len(todo)))]
+        n_workers = min(worker_count(), len(todo))
+        actors = [CatalogWorker.remote(hub, 1 / n_workers) for _ in range(n_workers)]
         pool = ActorPool(actors)
         with tqdm(total=len(todo), unit="repo", desc="crawl", disable=not progress) as bar:
             for start in range(0, len(todo), batch_size):

@@ -22,6 +22,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(
+            address="local",  # a new Ray here, even if `ray start` left a cluster address behind
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,

@@ -5,6 +5,9 @@ import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Test hubs live on 127.0.0.1: a stalled request is one that takes over 3 s. Set before
+# Ray starts, so its workers see it too.
+os.environ.setdefault("HUBTREE_HTTP_TIMEOUT_S", "3")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import pytest
@@ -24,7 +27,7 @@ def ray_local():
     """Ray on this machine with 2 CPUs and a small object store, shut down at the end."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -1,0 +1,227 @@
+"""HttpHub and HttpFile against the test server: same answers as LocalHub, exact bytes, faults survived."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+
+import numpy as np
+import pytest
+from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_token, tiny_hub  # noqa: F401 (fixtures)
+
+from hubtree.errors import EntryNotFoundError, GatedRepoError, RepoNotFoundError, RevisionNotFoundError, TruncatedFileError
+from hubtree.hub_server import FaultSpec
+from hubtree.ops.declared import edges_from_tags
+from hubtree.ops.http_file import HttpFile
+from hubtree.ops.http_hub import HttpHub
+from hubtree.ops.hub_source import RepoQuery, RepoRef
+from hubtree.ops.local_hub import LocalHub
+from hubtree.ops.retry import RequestBudget, RetryPolicy
+from hubtree.ops.safetensors_reader import LocalFile, read_header, read_tensor
+
+pytestmark = pytest.mark.usefixtures("no_hf_token")
+
+QUERIES = [
+    RepoQuery(),
+    RepoQuery(author="other"),
+    RepoQuery(search="tune"),
+    RepoQuery(filter=("base_model:org/base",)),
+    RepoQuery(sort="created_at", limit=4),
+    RepoQuery(family="org/base"),
+    RepoQuery(family="org/base", author="org"),
+    RepoQuery(family="org/finetune", sort="created_at", limit=2),
+]
+
+
+def fast_policy(**kwargs) -> RetryPolicy:
+    return RetryPolicy(base_delay_s=0.01, max_delay_s=0.05, timeout=5, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=repr)
+def test_listing_through_the_server_equals_local_hub(tiny_hub, hub_server, query):
+    server = hub_server(tiny_hub, page_size=3)
+    assert list(HttpHub(server.url, policy=fast_policy()).list_repos(query)) == list(LocalHub(tiny_hub).list_repos(query))
+
+
+def test_repo_record_over_http_equals_local(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    hub, local = HttpHub(server.url, policy=fast_policy()), LocalHub(tiny_hub)
+    for ref in local.list_repos():
+        remote, here = hub.repo_record(ref), local.repo_record(ref)
+        assert (remote.repo_id, remote.revision, remote.tags) == (here.repo_id, here.revision, here.tags)
+        assert (remote.created_at, remote.last_modified, remote.author) == (here.created_at, here.last_modified, here.author)
+        assert [(f.path, f.size) for f in remote.files] == [(f.path, f.size) for f in here.files]
+        weights = next(f for f in remote.files if f.path == "model.safetensors")
+        assert weights.sha256 == hashlib.sha256((tiny_hub / ref.repo_id / "model.safetensors").read_bytes()).hexdigest()
+        assert remote.gated == (ref.repo_id == GATED_REPO)
+
+
+def test_header_and_tensors_over_http_match_local_file_byte_for_byte(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    hub = HttpHub(server.url, token="hf_test", policy=fast_policy())
+    opened = []
+    for ref in LocalHub(tiny_hub).list_repos():
+        remote, here = hub.open_file(ref, "model.safetensors"), LocalFile(tiny_hub / ref.repo_id / "model.safetensors")
+        opened.append(remote)
+        header = read_header(remote, "model.safetensors")
+        assert header == read_header(here, "model.safetensors")
+        assert remote.bytes_read == header.header_size and remote.requests == 3  # HEAD, 8 bytes, N bytes
+        for entry in header.tensors:
+            np.testing.assert_array_equal(read_tensor(remote, entry), read_tensor(here, entry))
+        assert remote.bytes_read == header.header_size + sum(e.nbytes for e in header.tensors)
+    n = read_header(LocalFile(tiny_hub / "org/base/model.safetensors")).header_size - 8
+    sent = [(method, rng) for method, path, rng in server.faults.requests if path.startswith("/org/base/resolve/")]
+    assert sent[:3] == [("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{8 + n - 1}")]
+    assert all(rng and not rng.endswith("-") for method, rng in sent if method == "GET")  # never open-ended
+    assert hub.bytes_fetched == sum(f.bytes_read for f in opened) and hub.requests == sum(f.requests for f in opened)
+
+
+def test_range_edge_cases(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    data = (tiny_hub / "org/base/model.safetensors").read_bytes()
+    url = f"{server.url}/org/base/resolve/main/model.safetensors"
+    file = HttpFile(url, fast_policy())
+    assert file.read(0, 1) == data[:1]
+    assert file.size() == len(data) and file.requests == 1  # the size came with the Content-Range: no HEAD
+    assert file.read(len(data) - 5, len(data)) == data[-5:]
+    assert file.read(10, 10) == b"" and file.requests == 2  # an empty read sends nothing
+    with pytest.raises(TruncatedFileError):
+        file.read(len(data) - 2, len(data) + 2)  # past the known size: refused before sending
+    assert file.requests == 2
+    with pytest.raises(TruncatedFileError, match=f"the file has {len(data)}"):
+        HttpFile(url, fast_policy()).read(len(data), len(data) + 4)  # the server answers 416
+    with pytest.raises(TruncatedFileError):
+        HttpFile(url, fast_policy()).read(len(data) - 2, len(data) + 2)  # the server clamps: fewer bytes than asked
+    assert HttpFile(url, fast_policy()).read_prefix(1 << 20) == data
+    assert HttpFile(url, fast_policy()).read_prefix(16) == data[:16]
+
+
+def test_missing_things_raise_our_errors(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    hub = HttpHub(server.url, policy=fast_policy())
+    ref = next(hub.list_repos(RepoQuery(author="org")))
+    with pytest.raises(RepoNotFoundError):
+        hub.repo_record(RepoRef("org/nope", ref.revision))
+    with pytest.raises(RevisionNotFoundError):
+        hub.repo_record(RepoRef(ref.repo_id, "0" * 40))
+    with pytest.raises(EntryNotFoundError):
+        hub.read_text(ref, "nope.json")
+    with pytest.raises(EntryNotFoundError):
+        hub.open_file(ref, "nope.safetensors").size()
+    with pytest.raises(RevisionNotFoundError):
+        hub.open_file(RepoRef(ref.repo_id, "0" * 40), "model.safetensors").read(0, 8)
+    assert hub.read_text(ref, "README.md").startswith("---\n")
+
+
+def test_gated_repo_needs_a_token(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    ref = RepoRef(GATED_REPO, LocalHub(tiny_hub).revision(GATED_REPO))
+    anonymous = HttpHub(server.url, policy=fast_policy())
+    assert anonymous.repo_record(ref).gated
+    with pytest.raises(GatedRepoError, match="HF_TOKEN"):
+        read_header(anonymous.open_file(ref, "model.safetensors"))
+    with pytest.raises(GatedRepoError):
+        anonymous.read_text(ref, "README.md")
+    assert read_header(HttpHub(server.url, token="hf_secret", policy=fast_policy()).open_file(ref, "model.safetensors")).tensors
+
+
+def test_endpoint_and_token_come_from_the_environment(tiny_hub, hub_server, monkeypatch):
+    server = hub_server(tiny_hub)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env_0123456789")
+    hub = HttpHub(policy=fast_policy())
+    assert hub.url == server.url
+    ref = RepoRef(GATED_REPO, LocalHub(tiny_hub).revision(GATED_REPO))
+    assert read_header(hub.open_file(ref, "model.safetensors")).tensors
+    assert "hf_from_env" not in repr(hub)
+
+
+def test_every_read_and_listing_survives_injected_faults(tiny_hub, hub_server):
+    faults = FaultSpec(rate_limit_every=5, server_error_every=7, stall_every=13, truncate_every=4, rate_limit_reset_s=0, stall_s=0.5, seed=3)
+    server = hub_server(tiny_hub, faults=faults, page_size=2)
+    policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05, timeout=0.2, seed=0)
+    hub, local = HttpHub(server.url, token="hf_test", policy=policy), LocalHub(tiny_hub)
+    for query in QUERIES:
+        assert list(hub.list_repos(query)) == list(local.list_repos(query))
+    for ref in local.list_repos():
+        assert [f.path for f in hub.repo_record(ref).files] == [f.path for f in local.repo_record(ref).files]
+        remote, here = hub.open_file(ref, "model.safetensors"), LocalFile(tiny_hub / ref.repo_id / "model.safetensors")
+        header = read_header(remote)
+        assert header == read_header(here)
+        for entry in header.tensors:
+            np.testing.assert_array_equal(read_tensor(remote, entry), read_tensor(here, entry))
+        assert hub.read_text(ref, "config.json") == local.read_text(ref, "config.json")
+    assert {kind: server.faults.injected[kind] > 0 for kind in ("rate_limit", "server_error", "stall", "truncate")} == dict.fromkeys(
+        ("rate_limit", "server_error", "stall", "truncate"), True
+    )
+    assert policy.retries == sum(server.faults.injected.values())
+
+
+def test_a_rate_limited_crawl_waits_what_the_ratelimit_header_says(tiny_hub, hub_server):
+    faults = FaultSpec(rate_limit_every=3, rate_limit_reset_s=30, retry_after=False)
+    server = hub_server(tiny_hub, faults=faults, page_size=2)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    budget = RequestBudget(clock=lambda: now[0], sleep=sleep)
+    hub = HttpHub(server.url, policy=RetryPolicy(budget=budget, sleep=sleep, timeout=5, seed=0))
+    assert list(hub.list_repos()) == list(LocalHub(tiny_hub).list_repos())
+    limited = server.faults.injected["rate_limit"]
+    assert limited > 0 and 30 * limited <= budget.waited_s <= 30.5 * limited
+
+
+def test_budget_throttles_a_crawl_to_the_window(tiny_hub, hub_server):
+    server = hub_server(tiny_hub, page_size=2)
+    now, sleeps = [0.0], deque()
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    budget = RequestBudget(limits={"api": 2, "resolve": 3}, window=60.0, clock=lambda: now[0], sleep=sleep)
+    hub = HttpHub(server.url, policy=RetryPolicy(budget=budget, sleep=sleep, timeout=5))
+    refs = list(hub.list_repos())  # 6 repos, pages of 2: 3 API calls
+    base = next(ref for ref in refs if ref.repo_id == "org/base")
+    read_header(hub.open_file(base, "model.safetensors"))  # HEAD + 2 ranges: 3 resolves
+    hub.read_text(base, "config.json")  # the 4th resolve waits for the window
+    assert list(sleeps) == [60.0, 60.0] and budget.waited_s == 120.0
+    assert hub.requests == 7
+
+
+def llama2_descendants() -> set[str]:
+    """The closure of ``meta-llama/Llama-2-7b`` over the parents the fixture's tags declare."""
+    tags = {line["model_id"]: line["model_info"]["tags"] for line in map(json.loads, LLAMA2_RECORDS.read_text().splitlines())}
+    family, frontier = {"meta-llama/Llama-2-7b"}, ["meta-llama/Llama-2-7b"]
+    while frontier:
+        parent = frontier.pop()
+        for child, child_tags in tags.items():
+            if child not in family and parent in {e.parent for e in edges_from_tags(child_tags, child)}:
+                family.add(child)
+                frontier.append(child)
+    return family
+
+
+def test_family_bfs_finds_exactly_the_declared_descendants_of_llama2(hub_server):
+    server = hub_server(records=[LLAMA2_RECORDS], page_size=7)
+    hub = HttpHub(server.url, policy=fast_policy())
+    members = [info.id for info in hub.family("meta-llama/Llama-2-7b")]
+    assert len(members) == len(set(members))
+    assert set(members) == llama2_descendants()
+    assert members[0] == "meta-llama/Llama-2-7b"
+    # Breadth first: a parent is always listed before its children.
+    assert members.index("epfl-llm/meditron-7b") < members.index("malhajar/meditron-7b-chat")
+    assert "base_model:meta-llama/Llama-2-7b" in hub.repo_record(RepoRef("epfl-llm/meditron-7b", "main")).tags
+    refs = list(hub.list_repos(RepoQuery(family="meta-llama/Llama-2-7b")))
+    assert [r.repo_id for r in refs] == members and all(len(r.revision) == 40 for r in refs)
+
+
+def test_family_is_safe_on_cycles_and_missing_bases(tmp_path, hub_server):
+    for repo_id, parent in (("x/a", "x/b"), ("x/b", "x/a"), ("x/c", "x/gone")):
+        (tmp_path / repo_id).mkdir(parents=True)
+        (tmp_path / repo_id / "README.md").write_text(f"---\nbase_model: {parent}\n---\n")
+    server = hub_server(tmp_path)
+    hub = HttpHub(server.url, policy=fast_policy())
+    assert [info.id for info in hub.family("x/a")] == ["x/a", "x/b"]
+    assert [info.id for info in hub.family("x/gone")] == ["x/c"]
