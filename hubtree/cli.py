@@ -60,7 +60,8 @@ def zoo(out: Path, seed: int, scale: int) -> None:
 
     started = time.perf_counter()
     truth = build_zoo(out, seed=seed, scale=scale)
-    click.echo(f"zoo: {len(truth.models)} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
+    published = sum(m.published for m in truth.models.values())
+    click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
 
 def crawl_options(command):
