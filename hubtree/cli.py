@@ -184,6 +184,31 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from (e.g. a mirror).")
+@click.option("--layers", default=None, help="Only tensors whose name matches this regex (default: every floating tensor).")
+@click.option("--batch-size", default=8, show_default=True, help="Models per atomic lake commit.")
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
+def stats(lake, hub, layers, batch_size, ray_address) -> None:
+    """Layer statistics, weight sketches and probe fingerprints for the lake's tensors.
+
+    \b
+    Writes layer_stats (moments, norms, ranks, WeightWatcher's alpha, log_norm,
+    log_spectral_norm, alpha_weighted), layer_sketches (seeded JL sketches) and
+    probe_features. Runs on a pool of Ray actors, one device each (a GPU where the
+    cluster has them). Tensors already done are skipped: a rerun on an unchanged
+    lake does no work and adds no rows.
+    """
+    from hubtree.pipelines.stats import stats_flow
+
+    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, batch_size=batch_size, ray_address=ray_address)
+    click.echo(
+        f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
+        f"{summary['failed']} models with errors, {summary['bytes_fetched'] / 1e6:.2f} MB read"
+    )
+
+
+@main.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.argument("query")
 def sql(lake: str, fmt: str, query: str) -> None:

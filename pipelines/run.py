@@ -13,8 +13,9 @@ from prefect import flow
 from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.stats import stats_flow
 
-STAGES = ("crawl",)
+STAGES = ("crawl", "stats")
 
 
 @flow(name="hubtree-run", log_prints=True)
@@ -41,6 +42,8 @@ def run_flow(
             hub=hub, lake=lake, author=author, search=search, filter=filter, sort=sort, limit=limit,
             family=family, batch_size=batch_size, ray_address=ray_address, progress=False,
         )
+    if "stats" in (stages or STAGES):
+        results["stats"] = stats_flow(lake=lake, ray_address=ray_address, progress=False)
     status = "completed" if all(r.get("status") == "completed" for r in results.values()) else "failed"
     record_run(the_lake, "run", run_id, params, started, status)
     return {"run_id": run_id, "status": status, "stages": results}

@@ -100,6 +100,58 @@ CRAWL_RUNS = _table(
     keyed=False,
 )
 
+_TENSOR_KEY = [
+    pa.field("tensor", pa.string(), nullable=False),
+    pa.field("file", pa.string()),
+    pa.field("dtype", pa.string()),
+    pa.field("shape", pa.list_(pa.int64())),
+]
+
+# Per tensor: methods.md section 1. Matrix-only columns are null for 1-D tensors.
+LAYER_STATS = _table(
+    *_TENSOR_KEY,
+    pa.field("numel", pa.int64()),
+    pa.field("mean", pa.float64()),
+    pa.field("std", pa.float64()),
+    pa.field("skewness", pa.float64()),
+    pa.field("kurtosis", pa.float64()),  # excess (Fisher), biased: scipy.stats.kurtosis defaults
+    pa.field("min", pa.float64()),
+    pa.field("max", pa.float64()),
+    pa.field("zeros_fraction", pa.float64()),
+    pa.field("absmax_over_std", pa.float64()),
+    pa.field("frobenius_norm", pa.float64()),
+    pa.field("spectral_norm", pa.float64()),
+    pa.field("stable_rank", pa.float64()),
+    pa.field("entropy_effective_rank", pa.float64()),
+    pa.field("numerical_rank", pa.int64()),
+    pa.field("log_norm", pa.float64()),  # WeightWatcher's, on eigenvalues of W^T W
+    pa.field("log_spectral_norm", pa.float64()),
+    pa.field("alpha", pa.float64()),  # power-law MLE, x_min by Kolmogorov-Smirnov
+    pa.field("alpha_weighted", pa.float64()),
+    pa.field("xmin", pa.float64()),
+    pa.field("ks_distance", pa.float64()),
+    pa.field("spectrum", pa.string()),  # "full" or "truncated:k" (randomized SVD)
+    pa.field("n_eigs", pa.int64()),
+    pa.field("device", pa.string()),
+)
+
+# Per 2-D tensor: a seeded JL sketch (methods.md section 2); comparable across crawls with the same seed and width.
+LAYER_SKETCHES = _table(
+    *_TENSOR_KEY,
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("sketch", pa.list_(pa.float32())),
+)
+
+# Per 2-D tensor: responses to a fixed seeded probe bank (methods.md section 7), a fingerprint of fixed length.
+PROBE_FEATURES = _table(
+    *_TENSOR_KEY,
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("n_probes", pa.int32(), nullable=False),
+    pa.field("out_dim", pa.int32(), nullable=False),
+    pa.field("features", pa.list_(pa.float32())),
+)
+
 LAKE_COMMITS = pa.schema(
     [
         pa.field("batch_id", pa.string(), nullable=False),
@@ -117,10 +169,13 @@ SCHEMAS: dict[str, pa.Schema] = {
     "files": FILES,
     "tensors": TENSORS,
     "adapters": ADAPTERS,
+    "layer_stats": LAYER_STATS,
+    "layer_sketches": LAYER_SKETCHES,
+    "probe_features": PROBE_FEATURES,
     "crawl_errors": CRAWL_ERRORS,
     "crawl_runs": CRAWL_RUNS,
     "lake_commits": LAKE_COMMITS,
 }
 
 # Tables whose rows describe one repo revision; their views keep the latest revision per repo.
-REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters")
+REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")

@@ -1,0 +1,230 @@
+"""The stats flow: lake tensors -> weights by range -> layer_stats, layer_sketches, probe_features.
+
+Work goes to a pool of Ray actors, each owning one device (a GPU where the cluster
+has them, else a CPU). One work unit is one model revision: its tensors are read
+file by file (byte ranges from a remote hub, ``pread`` from a local folder), after the
+file's header is read again and checked, and the layers of the unit are handled in
+batches so same-shaped matrices share one batched eigen-decomposition. A tensor whose
+(repo, revision, name) already has statistics in the lake is never read again.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import ray
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from hubtree.errors import HubtreeError, TensorOutOfRangeError
+from hubtree.lake import Lake
+from hubtree.ops.catalog import CrawlError
+from hubtree.ops.hub_source import RepoRef
+from hubtree.ops.hubs import open_hub
+from hubtree.ops.layer_stats import batch_layer_stats
+from hubtree.ops.probes import probe_features
+from hubtree.ops.safetensors_reader import as_float_tensor, read_header, read_tensor
+from hubtree.ops.sketch import sketch
+from hubtree.pipelines.catalog_rows import error_row
+from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
+from hubtree.pipelines.run_log import record_run
+from hubtree.schemas.tables import CRAWL_ERRORS, LAYER_SKETCHES, LAYER_STATS, PROBE_FEATURES
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+# Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
+CHUNK_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """What every worker computes; stored beside the sketches and probes so they stay comparable."""
+
+    sketch_width: int = 512
+    sketch_seed: int = 0
+    n_probes: int = 32
+    probe_dim: int = 32
+
+
+@dataclass
+class ModelUnit:
+    """One model revision's tensors still missing statistics."""
+
+    repo_id: str
+    revision: str
+    hub: str
+    files: dict[str, list[str]]  # file -> tensor names
+    nbytes: int
+
+
+@dataclass
+class UnitResult:
+    unit: ModelUnit
+    rows: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    errors: list[CrawlError] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+@ray.remote
+class StatsWorker:
+    """Owns a device and a connection per hub; turns units into rows."""
+
+    def __init__(self, settings: StatsSettings, hub_override: str | None):
+        self.settings = settings
+        self.hub_override = hub_override
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        self.hubs: dict = {}
+
+    def process(self, unit: ModelUnit) -> UnitResult:
+        result = UnitResult(unit)
+        ref = RepoRef(unit.repo_id, unit.revision)
+        try:
+            source = self._hub(self.hub_override or unit.hub)
+        except HubtreeError as err:
+            result.errors.append(CrawlError.of(err, ref, "stats"))
+            return result
+        for file, names in unit.files.items():
+            handle = None
+            try:
+                handle = source.open_file(ref, file)
+                header = {e.name: e for e in read_header(handle, file).tensors}
+                missing = [n for n in names if n not in header]
+                if missing:
+                    raise TensorOutOfRangeError(
+                        f"{file}: {len(missing)} tensors catalogued at this revision are not in the file now "
+                        f"(first: {missing[0]!r}); recrawl the repo"
+                    )
+                for chunk in _chunks([header[n] for n in names]):
+                    tensors = {e.name: as_float_tensor(read_tensor(handle, e)) for e in chunk}
+                    self._rows(file, {e.name: e for e in chunk}, tensors, result)
+            except HubtreeError as err:
+                result.errors.append(CrawlError.of(err, ref, "stats", file))
+            finally:
+                result.bytes_read += handle.bytes_read if handle else 0
+        return result
+
+    def _rows(self, file: str, entries: dict, tensors: dict[str, torch.Tensor], out: UnitResult) -> None:
+        s = self.settings
+        stats = batch_layer_stats(tensors, self.device)
+        for name, t in tensors.items():
+            e = entries[name]
+            key = {"repo_id": out.unit.repo_id, "revision": out.unit.revision, "tensor": name, "file": file,
+                   "dtype": e.dtype, "shape": list(e.shape), "run_id": "", "batch_id": ""}
+            out.rows["layer_stats"].append({**key, **asdict(stats[name]), "device": self.device.type})
+            if t.ndim == 2:
+                t = t.to(self.device)
+                out.rows["layer_sketches"].append(
+                    {**key, "seed": s.sketch_seed, "width": s.sketch_width, "sketch": sketch(t, s.sketch_width, s.sketch_seed).cpu().tolist()}
+                )
+                out.rows["probe_features"].append(
+                    {**key, "seed": s.sketch_seed, "n_probes": s.n_probes, "out_dim": s.probe_dim,
+                     "features": probe_features(t, s.n_probes, s.probe_dim, s.sketch_seed).cpu().tolist()}
+                )
+
+    def _hub(self, url: str):
+        if url not in self.hubs:
+            self.hubs[url] = open_hub(url, budget_share=1 / max(1, worker_count()))
+        return self.hubs[url]
+
+
+def _chunks(entries: list) -> list[list]:
+    """Consecutive groups of tensors of at most CHUNK_BYTES as float32 (a huge tensor goes alone)."""
+    chunks, current, size = [], [], 0
+    for entry in entries:
+        nbytes = entry.numel * 4
+        if current and size + nbytes > CHUNK_BYTES:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += nbytes
+    return chunks + ([current] if current else [])
+
+
+@task(cache_policy=NONE)
+def pending_units(lake: Lake, layers: str | None) -> list[ModelUnit]:
+    """Floating, non-empty tensors of the latest revisions with no statistics yet, grouped by model."""
+    rows = lake.query(
+        f"""
+        SELECT t.repo_id, t.revision, r.hub, t.file, t.name, t.data_end - t.data_begin AS nbytes
+        FROM tensors t JOIN repos r USING (repo_id, revision)
+        WHERE t.dtype IN {FLOAT_DTYPES} AND t.numel > 0
+          AND NOT EXISTS (SELECT 1 FROM layer_stats_all s
+                          WHERE s.repo_id = t.repo_id AND s.revision = t.revision AND s.tensor = t.name)
+        ORDER BY t.repo_id, t.file, t.data_begin
+        """
+    ).to_pylist()
+    pattern = re.compile(layers) if layers else None
+    units: dict[tuple[str, str], ModelUnit] = {}
+    for row in rows:
+        if pattern and not pattern.search(row["name"]):
+            continue
+        unit = units.setdefault((row["repo_id"], row["revision"]), ModelUnit(row["repo_id"], row["revision"], row["hub"], {}, 0))
+        unit.files.setdefault(row["file"], []).append(row["name"])
+        unit.nbytes += row["nbytes"]
+    return list(units.values())
+
+
+@task(cache_policy=NONE)
+def stats_batch(pool: ActorPool, units: list[ModelUnit], lake: Lake, run_id: str, day: date) -> list[UnitResult]:
+    """Process a batch of models on the pool and commit their rows as one unit."""
+    results = sorted(pool.map_unordered(lambda actor, unit: actor.process.remote(unit), units), key=lambda r: r.unit.repo_id)
+    tables = {name: [] for name in ("layer_stats", "layer_sketches", "probe_features")}
+    for result in results:
+        for name, rows in result.rows.items():
+            tables[name] += [{**row, "run_id": run_id} for row in rows]
+    schemas = {"layer_stats": LAYER_STATS, "layer_sketches": LAYER_SKETCHES, "probe_features": PROBE_FEATURES}
+    commit = {name: pa.Table.from_pylist(rows, schema=schemas[name]) for name, rows in tables.items()}
+    commit["crawl_errors"] = pa.Table.from_pylist([error_row(e, run_id) for r in results for e in r.errors], schema=CRAWL_ERRORS)
+    lake.commit("stats", run_id, commit, day=day)
+    return results
+
+
+@flow(name="hubtree-stats", log_prints=True)
+def stats_flow(
+    lake: str,
+    hub: str | None = None,
+    layers: str | None = None,
+    batch_size: int = 8,
+    ray_address: str | None = None,
+    settings: StatsSettings = StatsSettings(),
+    progress: bool = True,
+) -> dict:
+    """Layer statistics, sketches and probe features for every tensor in ``lake`` that lacks them.
+
+    ``hub`` overrides where weights are read from (default: the hub each repo was
+    crawled from); ``layers`` is a regex on tensor names.
+    """
+    logger = get_run_logger()
+    the_lake = Lake(lake)
+    the_lake.require()
+    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
+    params = {"lake": lake, "hub": hub, "layers": layers, "batch_size": batch_size, "ray_address": ray_address, **asdict(settings)}
+    the_lake.vacuum()
+    record_run(the_lake, "stats", run_id, params, started, "running")
+    units = pending_units(the_lake, layers)
+    summary = {"run_id": run_id, "status": "completed", "models": len(units), "tensors": 0, "failed": 0, "bytes_fetched": 0}
+    logger.info("%d models have tensors without statistics", len(units))
+    if units:
+        ensure_ray(ray_address)
+        actors = [StatsWorker.options(**actor_options()).remote(settings, hub) for _ in range(min(worker_count(), len(units)))]
+        pool = ActorPool(actors)
+        total = sum(u.nbytes for u in units)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"stats ({len(units)} models)", disable=not progress) as bar:
+            for start in range(0, len(units), batch_size):
+                for result in stats_batch(pool, units[start : start + batch_size], the_lake, run_id, started.date()):
+                    summary["tensors"] += len(result.rows["layer_stats"])
+                    summary["failed"] += bool(result.errors)
+                    summary["bytes_fetched"] += result.bytes_read
+                    bar.update(result.unit.nbytes)
+        for actor in actors:
+            ray.kill(actor)
+    record_run(the_lake, "stats", run_id, params, started, summary["status"],
+               {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], "bytes_fetched": summary["bytes_fetched"]})
+    logger.info("stats %s: %d tensors of %d models, %d models with errors", run_id, summary["tensors"], summary["models"], summary["failed"])
+    return summary

@@ -1,0 +1,64 @@
+"""The stats flow: right numbers in the lake, read by range over HTTP, and a rerun does nothing."""
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from hubtree.hub_server import running
+from hubtree.lake import Lake
+from hubtree.pipelines.crawl import crawl_flow
+from hubtree.pipelines.stats import stats_flow
+from tests.hubs import add_repo
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    g = torch.Generator().manual_seed(0)
+    for i in range(3):
+        weights = {
+            "model.layers.0.self_attn.q_proj.weight": torch.randn(32, 32, generator=g),
+            "model.layers.0.mlp.up_proj.weight": torch.distributions.StudentT(3.0).sample((64, 32)),
+            "model.norm.weight": torch.ones(32) + 0.01 * i,
+            "model.layers.0.self_attn.o_proj.weight": torch.randn(32, 32, generator=g).to(torch.bfloat16),
+            "position_ids": torch.arange(32),
+        }
+        add_repo(root, f"org/m{i}", weights=weights)
+    return root
+
+
+def test_stats_match_scipy_and_rerun_adds_nothing(hub, tmp_path, flows):
+    lake_dir = str(tmp_path / "lake")
+    crawl_flow(hub=str(hub), lake=lake_dir, progress=False)
+    first = stats_flow(lake=lake_dir, progress=False)
+    assert first["tensors"] == 12 and first["failed"] == 0  # 4 floating tensors x 3 models; int64 skipped
+    lake = Lake(lake_dir)
+    row = lake.query("SELECT * FROM layer_stats WHERE repo_id = 'org/m1' AND tensor LIKE '%up_proj%'").to_pylist()[0]
+    from safetensors.torch import load_file
+
+    w = load_file(str(hub / "org/m1/model.safetensors"))["model.layers.0.mlp.up_proj.weight"].double().numpy()
+    assert row["kurtosis"] == pytest.approx(scipy_stats.kurtosis(w, axis=None), rel=1e-6)
+    assert row["stable_rank"] == pytest.approx((np.linalg.svd(w, compute_uv=False) ** 2).sum() / np.linalg.norm(w, 2) ** 2, rel=1e-6)
+    assert row["spectrum"] == "full" and row["alpha"] > 1
+    sketches = lake.query("SELECT width, seed, len(sketch) AS n FROM layer_sketches").to_pylist()
+    assert len(sketches) == 9 and all(s["n"] == s["width"] == 512 for s in sketches)
+    assert lake.query("SELECT count(*) AS n FROM probe_features").to_pylist() == [{"n": 9}]
+    before = {t: lake.query(f"SELECT count(*) AS n FROM {t}_all").to_pylist() for t in ("layer_stats", "layer_sketches", "probe_features")}
+    again = stats_flow(lake=lake_dir, progress=False)
+    assert again["models"] == 0 and again["tensors"] == 0
+    assert {t: Lake(lake_dir).query(f"SELECT count(*) AS n FROM {t}_all").to_pylist() for t in before} == before
+
+
+def test_stats_over_http_read_only_the_tensors_by_range(hub, tmp_path, flows):
+    lake_dir = str(tmp_path / "lake")
+    with running(hub) as server:
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        summary = stats_flow(lake=lake_dir, layers=r"q_proj", progress=False)
+        ranges = [r[2] for r in server.faults.requests if r[2]]
+    assert summary["tensors"] == 3
+    wanted = Lake(lake_dir).query("SELECT data_begin, data_end FROM tensors WHERE name LIKE '%q_proj%'").to_pylist()
+    for t in wanted:  # exactly the tensor's bytes, as one closed range
+        assert f"bytes={t['data_begin']}-{t['data_end'] - 1}" in ranges
+    assert all(r.startswith("bytes=") and not r.endswith("-") for r in ranges)  # never an open-ended range
+    tensor_bytes = sum(t["data_end"] - t["data_begin"] for t in wanted)
+    assert tensor_bytes < summary["bytes_fetched"] < tensor_bytes + 3 * 1024  # plus three small headers
