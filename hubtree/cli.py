@@ -296,6 +296,44 @@ def demo(out: Path, seed: int) -> None:
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; try: hubtree sql --lake {out / 'lake'} \"select * from repos limit 5\"")
 
 
+@main.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for index.html.")
+def report(lake: str, out: Path) -> None:
+    """Write an HTML report of the lake: crawl health, family trees, layer statistics, LoRA attacks."""
+    from hubtree.lake import Lake
+    from hubtree.report import write_report
+
+    the_lake = Lake(lake)
+    the_lake.require()
+    click.echo(f"report: {write_report(the_lake, out)}")
+
+
+@main.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--family", "family_id", required=True, type=int, help="family_id from the families table.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="tree.html or tree.svg")
+def tree(lake: str, family_id: int, out: Path) -> None:
+    """Draw one family's tree: declared edges solid, recovered dashed, width = confidence."""
+    from hubtree.lake import Lake
+    from hubtree.render import tree_svg
+    from hubtree.report import family_edges
+
+    the_lake = Lake(lake)
+    the_lake.require()
+    edges = family_edges(the_lake, family_id)
+    if not edges:
+        raise click.ClickException(f"no family {family_id} in {lake}: see `hubtree sql --lake {lake} \"select * from families\"`")
+    svg = tree_svg(edges, f"family {family_id}")
+    if out.suffix == ".svg":
+        out.write_text(svg)
+    elif out.suffix in (".html", ".htm"):
+        out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>family {family_id}</title></head><body>{svg}</body></html>")
+    else:
+        raise click.BadParameter("write .html or .svg", param_hint="--out")
+    click.echo(f"tree: {out} ({len(edges)} edges)")
+
+
 @main.group()
 def hub() -> None:
     """Hub tools: serve a local hub folder over a Hub-compatible HTTP API."""

@@ -152,6 +152,58 @@ PROBE_FEATURES = _table(
     pa.field("features", pa.list_(pa.float32())),
 )
 
+# Model trees (methods.md sections 3-4). Each trees run rewrites the whole forest; the views show the latest run.
+FAMILIES = _table(
+    pa.field("family_id", pa.int64(), nullable=False),  # -1: a declared parent with no weights and no family
+    pa.field("assigned_by", pa.string()),  # weights | declared | duplicate
+    pa.field("signature", pa.string()),  # the architecture block
+    pa.field("direction_rule", pa.string()),  # which kurtosis rule this family's tree used, and from what evidence
+)
+
+TREE_EDGES = pa.schema(
+    [
+        pa.field("child_repo_id", pa.string(), nullable=False),
+        pa.field("parent_repo_id", pa.string()),  # null for a root
+        pa.field("family_id", pa.int64()),
+        pa.field("source", pa.string(), nullable=False),  # declared | recovered | duplicate | root
+        pa.field("relation", pa.string()),  # finetune | adapter | quantized | merge | duplicate, when known
+        pa.field("confidence", pa.float64()),  # in [0, 1]; 1 for declared edges
+        pa.field("distance", pa.float64()),
+        pa.field("kurtosis_parent", pa.float64()),  # the direction evidence
+        pa.field("kurtosis_child", pa.float64()),
+        *_BOOKKEEPING,
+    ]
+)
+
+# LoRA attacks (methods.md sections 5-6).
+LORA_RECOVERIES = pa.schema(
+    [
+        pa.field("base_repo", pa.string(), nullable=False),  # the declared (possibly unpublished) base, or family:<id>
+        pa.field("layer", pa.string(), nullable=False),
+        pa.field("n_sources", pa.int32()),
+        pa.field("sources", pa.list_(pa.string())),
+        pa.field("rank", pa.int32()),  # estimated from pairwise differences, never asked of the user
+        pa.field("iterations", pa.int32()),
+        pa.field("final_loss", pa.float64()),
+        pa.field("confidence", pa.string()),  # ok | low: and why
+        pa.field("w_error", pa.float64()),  # log10 MSE against the true base, where it is on the hub
+        pa.field("weights_path", pa.string()),
+        *_BOOKKEEPING,
+    ]
+)
+
+LORA_SPECTRA = _table(
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("features", pa.list_(pa.float32())),  # singular values of A, B and BA
+)
+
+DATASET_SIZE_ESTIMATES = _table(
+    pa.field("estimate", pa.int64()),
+    pa.field("vote_share", pa.float64()),
+    pa.field("n_layers", pa.int32()),
+    pa.field("model_id", pa.string()),  # the fit that made the estimate
+)
+
 LAKE_COMMITS = pa.schema(
     [
         pa.field("batch_id", pa.string(), nullable=False),
@@ -172,10 +224,18 @@ SCHEMAS: dict[str, pa.Schema] = {
     "layer_stats": LAYER_STATS,
     "layer_sketches": LAYER_SKETCHES,
     "probe_features": PROBE_FEATURES,
+    "families": FAMILIES,
+    "tree_edges": TREE_EDGES,
+    "lora_recoveries": LORA_RECOVERIES,
+    "lora_spectra": LORA_SPECTRA,
+    "dataset_size_estimates": DATASET_SIZE_ESTIMATES,
     "crawl_errors": CRAWL_ERRORS,
     "crawl_runs": CRAWL_RUNS,
     "lake_commits": LAKE_COMMITS,
 }
+
+# Tables a run rewrites whole: their views show the rows of the stage's latest commit run.
+LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lora", "dataset_size_estimates": "dsire"}
 
 # Tables whose rows describe one repo revision; their views keep the latest revision per repo.
 REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")

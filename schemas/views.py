@@ -5,7 +5,8 @@ For every table ``T`` there are two views:
 - ``T``: what a user means by the table. Repo-keyed tables keep the latest crawled
   revision of each repo; ``crawl_errors`` keeps each distinct error once and drops
   errors of repos that have since been crawled; ``crawl_runs`` keeps the last
-  state of each run.
+  state of each run; tables a stage rewrites whole (trees, LoRA recoveries, size
+  estimates) keep the rows of that stage's latest run.
 Rows of a batch whose commit never landed (a killed run) are never visible.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from hubtree.schemas.tables import REPO_KEYED, SCHEMAS
+from hubtree.schemas.tables import LATEST_RUN, REPO_KEYED, SCHEMAS
 
 _LATEST = {
     "repos": "SELECT * FROM repos_all QUALIFY row_number() OVER (PARTITION BY repo_id ORDER BY crawled_at DESC, revision) = 1",
@@ -38,6 +39,11 @@ def create_views(con: duckdb.DuckDBPyConnection, globs: dict[str, str | None]) -
     for table in SCHEMAS:
         if table in _LATEST:
             body = _LATEST[table]
+        elif table in LATEST_RUN:
+            body = (
+                f"SELECT * FROM {table}_all WHERE run_id = (SELECT run_id FROM lake_commits_all "
+                f"WHERE stage = '{LATEST_RUN[table]}' ORDER BY committed_at DESC LIMIT 1)"
+            )
         elif table in REPO_KEYED:
             body = f"SELECT t.* FROM {table}_all t SEMI JOIN repos r ON t.repo_id = r.repo_id AND t.revision = r.revision"
         else:
