@@ -84,3 +84,16 @@ class HubUnavailableError(HubError):
 
 class LakeError(HubtreeError):
     """The lake is missing, or a table in it is not what hubtree wrote."""
+
+
+# --- LoRA attacks ------------------------------------------------------------
+class LoraSetError(HubtreeError):
+    """Weights that cannot be attacked together as fine-tunes of one base."""
+
+
+class TooFewMergesError(LoraSetError):
+    """Fewer than 3 merges: ``W + B1 A1`` and ``W + B2 A2`` fit every split of their difference; find a third."""
+
+
+class ShapeMismatchError(LoraSetError):
+    """Weights compared as one set differ in tensor names or shapes: not one architecture (or adapter config)."""

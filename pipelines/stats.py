@@ -192,7 +192,10 @@ def stats_flow(
     layers: str | None = None,
     batch_size: int = 8,
     ray_address: str | None = None,
-    settings: StatsSettings = StatsSettings(),
+    sketch_width: int = StatsSettings.sketch_width,
+    sketch_seed: int = StatsSettings.sketch_seed,
+    n_probes: int = StatsSettings.n_probes,
+    probe_dim: int = StatsSettings.probe_dim,
     progress: bool = True,
 ) -> dict:
     """Layer statistics, sketches and probe features for every tensor in ``lake`` that lacks them.
@@ -201,6 +204,7 @@ def stats_flow(
     crawled from); ``layers`` is a regex on tensor names.
     """
     logger = get_run_logger()
+    settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim)
     the_lake = Lake(lake)
     the_lake.require()
     run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)

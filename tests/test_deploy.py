@@ -66,11 +66,11 @@ def test_crawl_joins_a_ray_head_started_with_ray_start(tmp_path, prefect_server)
         command = [sys.executable, "-m", "hubtree.cli", "crawl", "--hub", str(tmp_path / "hub"),
                    "--lake", str(tmp_path / "lake"), "--ray-address", f"127.0.0.1:{port}"]
         deadline = time.monotonic() + 120
-        while True:  # the head takes a few seconds to accept drivers
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-            if done.returncode == 0 or time.monotonic() > deadline:
-                break
+        while subprocess.run([str(ray_bin), "status", f"--address=127.0.0.1:{port}"], capture_output=True,
+                             env={**os.environ, "RAY_AUTH_MODE": "disabled"}).returncode != 0:
+            assert time.monotonic() < deadline, "the Ray head did not come up"
             time.sleep(2)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert Lake(str(tmp_path / "lake")).query("SELECT count(*) AS n FROM repos").to_pylist() == [{"n": 3}]
     finally:
