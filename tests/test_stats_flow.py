@@ -62,3 +62,45 @@ def test_stats_over_http_read_only_the_tensors_by_range(hub, tmp_path, flows):
     assert all(r.startswith("bytes=") and not r.endswith("-") for r in ranges)  # never an open-ended range
     tensor_bytes = sum(t["data_end"] - t["data_begin"] for t in wanted)
     assert tensor_bytes < summary["bytes_fetched"] < tensor_bytes + 3 * 1024  # plus three small headers
+
+
+@pytest.mark.slow
+def test_killed_stats_run_resumes_without_loss_or_duplicates(tmp_path, flows):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    from prefect.settings import PREFECT_API_URL
+
+    for i in range(10):
+        add_repo(tmp_path / "hub", f"org/m{i}", seed=i)
+    crawled = tmp_path / "crawled"
+    crawl_flow(hub=str(tmp_path / "hub"), lake=str(crawled), progress=False)
+    shutil.copytree(crawled, tmp_path / "reference")
+    stats_flow(lake=str(tmp_path / "reference"), batch_size=1, progress=False)
+
+    lake = tmp_path / "killed"
+    shutil.copytree(crawled, lake)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    command = [sys.executable, "-m", "hubtree.cli", "stats", "--lake", str(lake), "--batch-size", "1",
+               "--ray-address", ray.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(Lake(str(lake)).query("SELECT * FROM lake_commits WHERE stage = 'stats'")) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stats run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+    query = "SELECT repo_id, tensor, kurtosis, alpha, stable_rank FROM layer_stats_all ORDER BY repo_id, tensor"
+    rows = lambda where: list(map(str, Lake(str(where)).query(query).to_pylist()))  # str: nan == nan
+    assert rows(lake) == rows(tmp_path / "reference") and len(rows(lake)) == 30
+    sketches = "SELECT repo_id, tensor, sketch FROM layer_sketches_all ORDER BY repo_id, tensor"
+    assert Lake(str(lake)).query(sketches).to_pylist() == Lake(str(tmp_path / "reference")).query(sketches).to_pylist()
