@@ -298,6 +298,53 @@ def demo(out: Path, seed: int) -> None:
 
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--declared/--no-declared", default=True, show_default=True,
+              help="Keep declared edges as given (--no-declared recovers every edge from weights, to measure).")
+@click.option("--k", default=10, show_default=True, help="Candidate parents per model (nearest neighbours on sketches).")
+def trees(lake: str, declared: bool, k: int) -> None:
+    """Recover model trees from the lake: families and parent->child edges with confidences.
+
+    \b
+    Reads only the lake: sketches of the square attention layers (hubtree stats),
+    kurtosis and norms as direction evidence, declared edges and upload times as
+    priors (quantized models are leaves, parents are older than children). Each
+    family's direction rule is chosen from its declared edges, else from all declared
+    edges in the lake, else a default; the families table says which.
+    Writes families and tree_edges (the views show the latest run).
+    """
+    from hubtree.pipelines.trees import trees_flow
+
+    summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
+    click.echo(f"trees {summary['status']}: {summary['models']} models in {summary['families']} families, {summary['edges']} edges")
+
+
+@main.command("eval-trees")
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="truth.json written by hubtree zoo.")
+def eval_trees(lake: str, truth: Path) -> None:
+    """Score the lake's trees against a zoo's ground truth, over the edges that were not declared.
+
+    Prints directed edge accuracy (right parent, right direction), undirected accuracy
+    and family purity.
+    """
+    from hubtree.lake import Lake
+    from hubtree.ops.mother import TrueTree, evaluate
+    from hubtree.ops.zoo import load_truth
+    from hubtree.pipelines.trees import lake_edges
+
+    the_lake = Lake(lake)
+    the_lake.require()
+    scores = evaluate(lake_edges(the_lake), TrueTree.from_zoo(load_truth(truth)), exclude_declared=True)
+    click.echo(
+        f"edges scored (not declared): {scores.n_edges}\n"
+        f"directed accuracy:   {scores.directed_acc:.1%}\n"
+        f"undirected accuracy: {scores.undirected_acc:.1%}\n"
+        f"family purity:       {scores.family_purity:.1%} ({scores.families_split} true families split)"
+    )
+
+
+@main.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for index.html.")
 def report(lake: str, out: Path) -> None:
     """Write an HTML report of the lake: crawl health, family trees, layer statistics, LoRA attacks."""
@@ -380,6 +427,10 @@ def _print_summary(summary: dict) -> None:
         f"for {summary['weights_bytes'] / 1e6:.2f} MB of weights files"
         + (f"\n{summary['message']}" if summary.get("message") else "")
     )
+
+
+from hubtree.cli_lora import dsire, lora  # noqa: E402
+main.add_command(lora); main.add_command(dsire)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.run_log import record_run
 from hubtree.pipelines.stats import stats_flow
+from hubtree.pipelines.trees import trees_flow
 
-STAGES = ("crawl", "stats")
+STAGES = ("crawl", "stats", "trees")
 
 
 @flow(name="hubtree-run", log_prints=True)
@@ -44,6 +45,8 @@ def run_flow(
         )
     if "stats" in (stages or STAGES):
         results["stats"] = stats_flow(lake=lake, ray_address=ray_address, progress=False)
+    if "trees" in (stages or STAGES):
+        results["trees"] = trees_flow(lake=lake)
     status = "completed" if all(r.get("status") == "completed" for r in results.values()) else "failed"
     record_run(the_lake, "run", run_id, params, started, status)
     return {"run_id": run_id, "status": status, "stages": results}

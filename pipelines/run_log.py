@@ -30,4 +30,4 @@ def record_run(
         "run_id": run_id,
         "batch_id": "",
     }
-    lake.commit(flow, run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())
+    lake.commit("runs", run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())

@@ -1,0 +1,220 @@
+"""Model tree recovery: hubtree against plain MoTHer on fresh zoos, and hubtree at 1k-100k models.
+
+Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR]``. One table from one run:
+
+(a) zoos never used while tuning (seeds 11 and 12, default spec, ``scale=2``; adapter
+    repos are left out of the spec: they carry no full weights, so no tree method reads
+    them), read from their hub folders as the flow reads a hub (tensor headers, then the
+    square attention layers), sketched at width 512:
+    - plain MoTHer: exact RMS distances, Ward, the paper's kurtosis rule, dense arborescence;
+    - hubtree, no declared edges, upload times known (the local hub's file times);
+    - hubtree, no declared edges and no upload times: the direction rule alone orients;
+    - hubtree with ~30% of the true edges declared (a seeded draw), scored on the rest.
+    Edges into the zoo's unpublished LoRA base count only where a declared edge makes
+    that base a node (a parent that never reached the hub cannot be found otherwise).
+(b) synthetic sketches of random forests: families of Zipf-distributed sizes (about 50 on
+    average), each child = parent + a step of relative size ~3% of which siblings share
+    half, 3% quantized copies, uploads in creation order, a kurtosis-like witness that
+    falls by 0.1 +- 0.05 per fine-tune, 10% of edges declared; 1,000 / 10,000 / 100,000
+    models, each size in a fresh process: wall time, peak RSS of that process, accuracy.
+Zoos are trained once and cached (default: ``$TMPDIR/hubtree-bench-trees``).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hubtree.ops.catalog import catalog_repo
+from hubtree.ops.families import architecture_signature, distance_vector, output_projections, square_attention_layers
+from hubtree.ops.layer_stats import layer_stats
+from hubtree.ops.local_hub import LocalHub
+from hubtree.ops.mother import Models, TreeEdge, TreeScores, TrueTree, evaluate, plain_mother, recover_trees
+from hubtree.ops.safetensors_reader import as_float_tensor, read_tensor
+from hubtree.ops.sketch import sketch
+from hubtree.ops.tree_priors import DeclaredRow
+from hubtree.ops.zoo import ZooSpec, build_zoo, load_truth
+
+ZOO_SEEDS = (11, 12)
+SIZES = (1_000, 10_000, 100_000)
+DECLARED_FRACTION = 0.3
+
+
+@dataclass
+class HubModels:
+    """What the tree stage reads of a hub folder, plus the exact layers for the baseline."""
+
+    models: Models
+    declared: list[DeclaredRow]  # what the cards, tags and adapter configs of every repo declare
+    layers: list[list[np.ndarray]]  # exact square attention matrices, per model
+
+
+def load_hub(hub_dir: Path, width: int = 512, seed: int = 0) -> HubModels:
+    """Every repo with full weights: signature, sketch vector, o_proj kurtosis, upload time, dtype.
+
+    A repo is quantized when its attention weights are stored below float32 (the zoo's
+    float16 copy); adapters have no square attention layers, so only their declared edge comes back.
+    """
+    hub = LocalHub(hub_dir)
+    cols: dict[str, list] = {k: [] for k in ("ids", "signature", "vectors", "kurtosis", "created_at", "quantized")}
+    declared, layers, sizes = [], [], {}
+    for ref in hub.list_repos():
+        cat = catalog_repo(hub, ref)
+        declared += [DeclaredRow(ref.repo_id, e.parent, e.relation, e.source) for e in cat.edges]
+        entries = {e.name: e for e in cat.tensors}
+        names = square_attention_layers({n: e.shape for n, e in entries.items()})
+        if not names:
+            continue
+        tensors = [as_float_tensor(read_tensor(hub.open_file(ref, entries[n].file), entries[n])) for n in names]
+        signature = architecture_signature({n: entries[n].shape for n in names}, names)
+        sizes[signature] = (width,) * len(names)
+        layers.append([t.numpy() for t in tensors])
+        cols["ids"].append(ref.repo_id)
+        cols["signature"].append(signature)
+        cols["vectors"].append(distance_vector([sketch(t, width, seed).numpy() for t in tensors], [t.numel() for t in tensors]))
+        cols["kurtosis"].append(sum(layer_stats(t).kurtosis for n, t in zip(names, tensors) if n in output_projections(names)))
+        cols["created_at"].append(cat.record.created_at.timestamp() if cat.record.created_at else np.nan)
+        cols["quantized"].append(any(entries[n].dtype not in ("F32", "F64") for n in names))
+    return HubModels(Models(**cols, layer_sizes=sizes), declared, layers)
+
+
+def cached_zoo(cache: Path, seed: int, scale: int, spec: ZooSpec) -> Path:
+    """The zoo folder for (seed, scale), trained on first use."""
+    out = cache / f"zoo-s{seed}-x{scale}"
+    if not (out / "truth.json").exists():
+        build_zoo(out, seed=seed, scale=scale, progress=True, spec=spec)
+    return out
+
+
+def declare_some(truth: TrueTree, ids: list[str], fraction: float, seed: int) -> list[DeclaredRow]:
+    """A seeded draw of ``fraction`` of the true edges into models with weights, as card rows."""
+    rng = np.random.default_rng(seed)
+    edges = sorted((c, p) for c, p in truth.parent.items() if p is not None and c in set(ids))
+    chosen = rng.random(len(edges)) < fraction
+    return [DeclaredRow(c, p, "finetune", "card") for (c, p), keep in zip(edges, chosen) if keep]
+
+
+def synthetic_forest(n: int, seed: int = 0, layers: int = 4, width: int = 64, family_size: int = 50) -> tuple[Models, TrueTree, list[DeclaredRow]]:
+    """Random forests in sketch space whose true trees are known (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    d = layers * width
+    n_fam = max(1, n // family_size)
+    weights = 1.0 / np.arange(1, n_fam + 1) ** 0.8
+    family = np.concatenate([np.arange(n_fam), rng.choice(n_fam, n - n_fam, p=weights / weights.sum())])
+    quantized = (rng.random(n) < 0.03) & (np.arange(n) >= n_fam)
+    shared = rng.normal(0, 0.015 / np.sqrt(d), (n, d)).astype(np.float32)  # a parent's recipe, shared by its children
+    own = rng.normal(0, 0.015 / np.sqrt(d), (n, d)).astype(np.float32)
+    x = np.empty((n, d), np.float32)
+    kurtosis, parent = np.empty(n), np.full(n, -1)
+    members: list[list[int]] = [[] for _ in range(n_fam)]
+    for i, f in enumerate(family):
+        if not members[f]:
+            x[i], kurtosis[i] = rng.normal(0, 1 / np.sqrt(d), d), rng.normal(1.0, 0.2)
+        else:
+            p = parent[i] = members[f][rng.integers(len(members[f]))]
+            if quantized[i]:
+                x[i], kurtosis[i] = x[p] + 0.01 * own[i], kurtosis[p]
+            else:
+                x[i], kurtosis[i] = x[p] + shared[p] + own[i], kurtosis[p] - 0.1 + rng.normal(0, 0.05)
+        if not quantized[i]:
+            members[f].append(i)
+    ids = [f"fam{f}/m{i}" for i, f in enumerate(family)]
+    models = Models(ids, ["synthetic"] * n, x, kurtosis, np.arange(n, dtype=np.float64), quantized, {"synthetic": (width,) * layers})
+    truth = TrueTree({ids[i]: ids[p] if p >= 0 else None for i, p in enumerate(parent)}, {m: m.split("/")[0] for m in ids})
+    return models, truth, declare_some(truth, ids, 0.1, seed + 1)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def row(setting: str, n_models: int, scores: TreeScores, seconds: float, peak_mib: float | None = None) -> str:
+    peak = f"{peak_mib:9.0f}" if peak_mib is not None else f"{'-':>9s}"
+    return (
+        f"{setting:<44s} {n_models:>7d} {scores.n_edges:>6d} {scores.directed_acc:>8.1%} {scores.undirected_acc:>8.1%}"
+        f" {scores.family_purity:>7.1%} {scores.families_split:>5d} {seconds:>9.2f} {peak}"
+    )
+
+
+HEADER = f"{'setting':<44s} {'models':>7s} {'edges':>6s} {'directed':>8s} {'undirect':>8s} {'purity':>7s} {'split':>5s} {'seconds':>9s} {'peak MiB':>9s}"
+
+
+def zoo_rows(zoo: Path, seed: int) -> tuple[list[str], list[str]]:
+    """Table rows for one zoo, and notes on the direction rules and confidences."""
+    truth = TrueTree.from_zoo(load_truth(zoo / "truth.json"))
+    t0 = time.perf_counter()
+    hub = load_hub(zoo / "hub")
+    load_s = time.perf_counter() - t0
+    m = hub.models
+    rows, notes = [], [f"zoo seed {seed}: {len(m.ids)} models with weights read and sketched in {load_s:.1f} s"]
+    t0 = time.perf_counter()
+    plain = plain_mother(m.ids, m.signature, hub.layers, m.kurtosis)
+    rows.append(row(f"zoo s{seed}: plain MoTHer, none declared", len(m.ids), evaluate(plain, truth), time.perf_counter() - t0))
+    untimed = replace(m, created_at=np.full(len(m.ids), np.nan))
+    declared = declare_some(truth, m.ids, DECLARED_FRACTION, seed)
+    runs = [
+        ("none declared", m, []),
+        ("none declared, no upload times", untimed, []),
+        (f"{len(declared)} edges (~30%) declared", m, declared),
+        ("~30% declared, no upload times", untimed, declared),
+    ]
+    for name, models, rows_in in runs:
+        t0 = time.perf_counter()
+        trees = recover_trees(models, rows_in)
+        seconds = time.perf_counter() - t0
+        rows.append(row(f"zoo s{seed}: hubtree, {name}", len(m.ids), evaluate(trees.edges, truth), seconds))
+        rules = sorted({(r.rule.source, r.rule.witness, r.rule.sign, None if r.rule.agreement is None else round(r.rule.agreement, 2)) for r in trees.families})
+        notes.append(f"zoo s{seed} {name}: direction rules (source, witness, sign, agreement) {rules}; {_calibration(trees.edges, truth)}")
+    return rows, notes
+
+
+def _calibration(edges: list[TreeEdge], truth: TrueTree) -> str:
+    scored = sorted((e.confidence, truth.parent.get(e.child) == e.parent) for e in edges if e.source == "weights" and truth.parent.get(e.child) in {x.child for x in edges})
+    if len(scored) < 4:
+        return "too few inferred edges to split by confidence"
+    half = len(scored) // 2
+    low, high = np.mean([ok for _, ok in scored[:half]]), np.mean([ok for _, ok in scored[half:]])
+    return f"inferred edges right: {low:.0%} of the less confident half, {high:.0%} of the more confident half"
+
+
+def synthetic_row(n: int, queue) -> None:
+    """One scale point in a fresh process, so its peak RSS is its own."""
+    models, truth, declared = synthetic_forest(n)
+    t0 = time.perf_counter()
+    trees = recover_trees(models, declared)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(row(f"synthetic n={n:,}, 10% declared", n, evaluate(trees.edges, truth), seconds, peak))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-n", type=int, default=max(SIZES), help="largest synthetic size to run")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hubtree-bench-trees")
+    args = parser.parse_args()
+    spec = replace(ZooSpec(), adapter_sizes=())
+    lines, notes = [], []
+    for seed in ZOO_SEEDS:
+        zoo_lines, zoo_notes = zoo_rows(cached_zoo(args.cache, seed, 2, spec), seed)
+        lines += zoo_lines
+        notes += zoo_notes
+    ctx = multiprocessing.get_context("fork")
+    for n in (s for s in SIZES if s <= args.max_n):
+        queue = ctx.Queue()
+        worker = ctx.Process(target=synthetic_row, args=(n, queue))
+        worker.start()
+        lines.append(queue.get())
+        worker.join()
+    print(HEADER)
+    print("\n".join(lines))
+    print()
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Which models can be compared, and which of those share a pretraining run (methods.md §3, steps 1-2).
+
+Step 1 blocks models by architecture: only models whose chosen layers have the same names
+and shapes have a distance at all. Step 2 splits a block into families. Two models
+pretrained from different random inits are about sqrt(2) times their own norm apart in
+every layer, while relatives (fine-tunes, LoRA merges, quantized copies) stay well inside
+that in at least one layer; so the per-layer "kinship" distances of a block fall into two
+groups with a wide gap between them, and we cut single linkage at that gap. Small blocks
+see every pair; large ones only each layer's k nearest neighbours, so no block ever needs
+an n x n matrix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.spatial.distance import squareform
+
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+_OUTPUT = re.compile(r"o_proj|out_proj|attention\.output|to_out", re.IGNORECASE)
+
+# Scratch bound of the blocked searches: at most this many float32 distances at once (64 MiB).
+_SCRATCH = 1 << 24
+
+
+def square_attention_layers(shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """MoTHer's distance layers: the square 2-D attention weights (q, k, v, o projections), by name.
+
+    LoRA factors are never square layers of the model itself, so adapter tensors drop out.
+    """
+    return sorted(
+        name
+        for name, shape in shapes.items()
+        if len(shape) == 2 and shape[0] == shape[1] and _ATTENTION.search(name) and "lora" not in name.lower()
+    )
+
+
+def output_projections(layers: Sequence[str]) -> list[str]:
+    """The attention output projections among ``layers``: MoTHer's kurtosis layers for full fine-tunes."""
+    return [name for name in layers if _OUTPUT.search(name)]
+
+
+def architecture_signature(shapes: Mapping[str, Sequence[int]], layers: Sequence[str]) -> str:
+    """A short hash of the chosen layers' names and shapes: equal signatures can be compared."""
+    spec = json.dumps([[name, list(shapes[name])] for name in layers])
+    return hashlib.sha1(spec.encode()).hexdigest()[:16]
+
+
+def distance_vector(parts: Sequence[np.ndarray], numels: Sequence[int]) -> np.ndarray:
+    """One model's point in distance space: ``||v_i - v_j|| = sqrt(mean_l RMS(W_il - W_jl)^2)``.
+
+    A part is a layer's flattened entries (exact) or its sketch (``hubtree.ops.sketch``,
+    which keeps ``||A - B||_F``): either way scaling by ``1 / sqrt(numel_l * L)`` turns the
+    concatenation's Euclidean distance into the root-mean-square over layers of MoTHer's
+    per-layer RMS distance, so layers of every size weigh the same.
+    """
+    scale = [1.0 / math.sqrt(n * len(parts)) for n in numels]
+    return np.concatenate([np.asarray(p, dtype=np.float32).ravel() * s for p, s in zip(parts, scale)])
+
+
+def knn(
+    base: np.ndarray, k: int, queries: np.ndarray | None = None, allowed: Callable[[np.ndarray], np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every row i, the k rows j != i of ``base`` nearest to ``queries[i]`` (default: base[i]).
+
+    Exact blocked search: candidates by the Gram trick in float32, their distances then
+    recomputed in float64. ``allowed(rows)`` gives a (len(rows), n) mask of admissible
+    neighbours (upload order, quantized leaves). Memory kept is O(n k); the scratch per
+    block is bounded by ``_SCRATCH``. Missing neighbours are index -1, distance inf.
+
+    Returns:
+        (idx, dist), both (n, k), each row sorted by distance.
+    """
+    n = len(base)
+    k = max(0, min(k, n - 1))
+    queries = base if queries is None else queries
+    b32, q32 = (np.ascontiguousarray(a, dtype=np.float32) for a in (base, queries))
+    b_sq = np.einsum("ij,ij->i", b32, b32, dtype=np.float64).astype(np.float32)
+    q_sq = np.einsum("ij,ij->i", q32, q32, dtype=np.float64).astype(np.float32)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    step = max(1, _SCRATCH // max(n, 1))
+    for r0 in range(0, n if k else 0, step):
+        rows = np.arange(r0, min(n, r0 + step))
+        d2 = q_sq[rows, None] + b_sq[None, :] - 2.0 * (q32[rows] @ b32.T)
+        d2[np.arange(len(rows)), rows] = np.inf
+        if allowed is not None:
+            d2[~allowed(rows)] = np.inf
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        idx[rows] = np.where(np.isfinite(np.take_along_axis(d2, part, axis=1)), part, -1)
+    dist = np.full((n, k), np.inf)
+    has = idx >= 0
+    dist[has] = pair_distances(queries, base, np.repeat(np.arange(n), k).reshape(n, k)[has], idx[has])
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def pair_distances(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``||u[a] - v[b]||`` in float64 for index arrays a, b, in chunks of bounded scratch."""
+    out = np.empty(len(a))
+    step = max(1, _SCRATCH // max(u.shape[1], 1) // 2)
+    for s in range(0, len(a), step):
+        diff = u[a[s : s + step]].astype(np.float64) - v[b[s : s + step]]
+        out[s : s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
+
+
+def layer_slices(dim: int, sizes: Sequence[int] | None) -> list[slice]:
+    """The slice of each layer's part in a distance vector (one part when sizes are unknown)."""
+    if not sizes:
+        return [slice(0, dim)]
+    if sum(sizes) != dim:
+        raise ValueError(f"layer sizes sum to {sum(sizes)}, the vectors have {dim} entries")
+    ends = np.cumsum(sizes).tolist()
+    return [slice(e - s, e) for s, e in zip(sizes, ends)]
+
+
+def family_distance(x: np.ndarray, a: np.ndarray, b: np.ndarray, slices: Sequence[slice]) -> np.ndarray:
+    """``min_l ||A_l - B_l|| / rms(||A_l||, ||B_l||)`` for the pairs (a, b): kinship, not distance.
+
+    Models from independent random inits are ~sqrt(2) apart in *every* layer; relatives
+    stay close in at least one. The minimum over layers keeps LoRA merges of one base
+    together (their untouched layers are identical) even when their adapted layers moved
+    farther than an unrelated model is.
+    """
+    out = np.full(len(a), np.inf)
+    for sl in slices:
+        part = x[:, sl]
+        norm2 = np.einsum("ij,ij->i", part, part, dtype=np.float64)
+        scale = np.sqrt(np.maximum((norm2[a] + norm2[b]) / 2.0, 1e-300))
+        out = np.minimum(out, pair_distances(part, part, a, b) / scale)
+    return out
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Family labels of one block and the kinship cut that made them."""
+
+    labels: np.ndarray  # (n,) family ids 0..F-1, in order of first appearance
+    threshold: float  # single-linkage merges above this kinship distance separate families
+    pairs: str  # "all" (exact single linkage) | "knn" (over per-layer nearest neighbours)
+
+
+def cut_height(heights: np.ndarray, floor: float = 0.5, min_ratio: float = 2.0) -> float:
+    """The merge height that separates families: the widest gap in the sorted heights.
+
+    Only gaps whose upper side reaches ``floor`` count: below it two models are too close
+    to come from separate random inits, and near-duplicates would otherwise make the
+    widest gap of a single family. A gap must also span a factor ``min_ratio``; without
+    one, ``floor`` itself is the cut.
+    """
+    h = np.sort(heights[np.isfinite(heights)])
+    if len(h) < 2:
+        return floor
+    lo, hi = np.maximum(h[:-1], 1e-12), h[1:]
+    ratio = np.where(hi >= floor, hi / lo, 0.0)
+    best = int(np.argmax(ratio))
+    return float(math.sqrt(lo[best] * hi[best])) if ratio[best] >= min_ratio else floor
+
+
+def cluster_block(
+    x: np.ndarray, sizes: Sequence[int] | None = None, k: int = 10, all_pairs_max: int = 2000, floor: float = 0.5, min_ratio: float = 2.0
+) -> Clustering:
+    """Families of one architecture block: single linkage on ``family_distance``, cut at its gap.
+
+    MoTHer uses Ward on the mean distance; we do not, because a LoRA merge's adapted layers
+    can move farther than an unrelated model is (the zoo's do), which no cut of the mean
+    distance survives. Kinship is not Euclidean, so the linkage is single (the minimum
+    spanning tree). Up to ``all_pairs_max`` rows it sees every pair; beyond, the pairs
+    among each layer's ``k`` nearest neighbours, so memory stays O(n k L).
+    """
+    n = len(x)
+    slices = layer_slices(x.shape[1], sizes)
+    if n < 2:
+        return Clustering(np.zeros(n, dtype=np.int64), math.inf, "all")
+    if n <= all_pairs_max:
+        tree = linkage(_all_pairs_kinship(x, slices), method="single")
+        t = cut_height(tree[:, 2], floor, min_ratio)
+        return Clustering(_first_seen(fcluster(tree, t, criterion="distance")), t, "all")
+    a, b = _knn_pairs(x, slices, k)
+    kin = np.maximum(family_distance(x, a, b, slices), 1e-12)  # csgraph reads a 0 weight as no edge
+    mst = minimum_spanning_tree(coo_matrix((kin, (a, b)), shape=(n, n)).tocsr()).tocoo()
+    t = cut_height(mst.data, floor, min_ratio)
+    keep = mst.data <= t
+    joined = coo_matrix((mst.data[keep], (mst.row[keep], mst.col[keep])), shape=(n, n))
+    return Clustering(_first_seen(connected_components(joined, directed=False)[1]), t, "knn")
+
+
+def _all_pairs_kinship(x: np.ndarray, slices: Sequence[slice]) -> np.ndarray:
+    """Condensed ``family_distance`` of every pair, per layer by the float64 Gram trick."""
+    kin = np.full((len(x), len(x)), np.inf)
+    for sl in slices:
+        part = x[:, sl].astype(np.float64)
+        sq = np.einsum("ij,ij->i", part, part)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * part @ part.T, 0.0)
+        kin = np.minimum(kin, np.sqrt(d2 / np.maximum((sq[:, None] + sq[None, :]) / 2.0, 1e-300)))
+    np.fill_diagonal(kin, 0.0)
+    return squareform(kin, checks=False)
+
+
+def _knn_pairs(x: np.ndarray, slices: Sequence[slice], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique pairs (a < b) among every layer's k nearest neighbours."""
+    found = []
+    for sl in slices:
+        idx, _ = knn(np.ascontiguousarray(x[:, sl]), k)
+        rows = np.repeat(np.arange(len(x)), idx.shape[1]).reshape(idx.shape)
+        has = idx >= 0
+        found.append(np.stack([np.minimum(rows[has], idx[has]), np.maximum(rows[has], idx[has])], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _first_seen(labels: np.ndarray) -> np.ndarray:
+    """Relabel to 0..F-1 in order of first appearance, so labels are stable across runs."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse].astype(np.int64)

@@ -1,0 +1,139 @@
+"""The trees flow: lake (sketches, kurtosis, declared edges, upload times) -> families, tree_edges.
+
+It reads only the lake: each model is a point built from the sketches of its square
+attention layers (``layer_sketches``), its direction witness is the kurtosis summed over
+the attention output projections (``layer_stats``), and the declared graph comes from
+``declared_edges``. The forest is recomputed whole on every run and committed as one
+batch; the views show the latest run.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+from prefect import flow, get_run_logger
+
+from hubtree.lake import Lake
+from hubtree.ops.families import architecture_signature, distance_vector, output_projections, square_attention_layers
+from hubtree.ops.mother import Models, TreeEdge, Trees, recover_trees
+from hubtree.ops.tree_priors import DeclaredRow, DirectionRule
+from hubtree.pipelines.run_log import record_run
+from hubtree.schemas.tables import FAMILIES, TREE_EDGES
+
+SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
+
+
+def load_models(lake: Lake) -> tuple[Models, dict[str, str], dict[str, str]]:
+    """The tree stage's input from the lake; also each model's revision and declared relation."""
+    rows = lake.query(
+        """
+        SELECT r.repo_id, r.revision, epoch(r.created_at) AS created_at, s.tensor, s.shape, s.sketch, st.kurtosis
+        FROM repos r
+        JOIN layer_sketches s USING (repo_id, revision)
+        JOIN layer_stats st USING (repo_id, revision, tensor)
+        ORDER BY r.repo_id, s.tensor
+        """
+    ).to_pylist()
+    relation = {
+        r["repo_id"]: r["relation"]
+        for r in lake.query("SELECT repo_id, relation FROM declared_edges WHERE relation IS NOT NULL").to_pylist()
+    }
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["repo_id"], []).append(row)
+    ids, signatures, vectors, kurtosis, created, quantized, revisions, sizes = [], [], [], [], [], [], {}, {}
+    for repo_id, layers in by_model.items():
+        shapes = {r["tensor"]: r["shape"] for r in layers}
+        chosen = square_attention_layers(shapes)
+        if not chosen:
+            continue  # adapters and models without attention matrices have no place in weight space
+        by_name = {r["tensor"]: r for r in layers}
+        signature = architecture_signature(shapes, chosen)
+        ids.append(repo_id)
+        signatures.append(signature)
+        vectors.append(distance_vector([by_name[n]["sketch"] for n in chosen], [int(np.prod(shapes[n])) for n in chosen]))
+        kurtosis.append(sum(by_name[n]["kurtosis"] for n in output_projections(chosen)))
+        created.append(layers[0]["created_at"] if layers[0]["created_at"] is not None else np.nan)
+        quantized.append(relation.get(repo_id) == "quantized")
+        revisions[repo_id] = layers[0]["revision"]
+        sizes[signature] = [len(by_name[n]["sketch"]) for n in chosen]
+    models = Models(ids, signatures, vectors, np.array(kurtosis), np.array(created, dtype=float), np.array(quantized), sizes)
+    return models, revisions, relation
+
+
+def declared_rows(lake: Lake) -> list[DeclaredRow]:
+    return [
+        DeclaredRow(r["repo_id"], r["parent_repo_id"], r["relation"], r["source"])
+        for r in lake.query("SELECT repo_id, parent_repo_id, relation, source FROM declared_edges").to_pylist()
+    ]
+
+
+def tree_tables(trees: Trees, models: Models, revisions: dict[str, str], relation: dict[str, str], run_id: str) -> dict[str, pa.Table]:
+    rules = {f.family: f.rule for f in trees.families}
+    signature_of = {f.family: f.signature for f in trees.families}
+    edges, families = [], {}
+    for e in trees.edges:
+        source = SOURCE_NAMES.get(e.source, e.source)
+        edges.append({
+            "child_repo_id": e.child, "parent_repo_id": e.parent, "family_id": e.family, "source": source,
+            "relation": "duplicate" if e.source == "duplicate" else relation.get(e.child) if e.source == "declared" else None,
+            "confidence": None if np.isnan(e.confidence) else e.confidence, "distance": None,
+            "kurtosis_parent": _num(e.kurtosis_parent), "kurtosis_child": _num(e.kurtosis_child),
+            "run_id": run_id, "batch_id": "",
+        })
+        families.setdefault(e.child, {
+            "repo_id": e.child, "revision": revisions.get(e.child, ""), "family_id": e.family,
+            "assigned_by": {"weights": "weights", "root": "weights"}.get(e.source, e.source),
+            "signature": signature_of.get(e.family), "direction_rule": _rule(rules.get(e.family)),
+            "run_id": run_id, "batch_id": "",
+        })
+    return {
+        "tree_edges": pa.Table.from_pylist(edges, schema=TREE_EDGES),
+        "families": pa.Table.from_pylist(list(families.values()), schema=FAMILIES),
+    }
+
+
+def lake_edges(lake: Lake) -> list[TreeEdge]:
+    """The latest forest in the lake, back as the ops' edges (for evaluation)."""
+    names = {v: k for k, v in SOURCE_NAMES.items()}
+    return [
+        TreeEdge(r["child_repo_id"], r["parent_repo_id"], r["family_id"], names.get(r["source"], r["source"]),
+                 np.nan if r["confidence"] is None else r["confidence"])
+        for r in lake.query("SELECT * FROM tree_edges").to_pylist()
+    ]
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _rule(rule: DirectionRule | None) -> str | None:
+    if rule is None:
+        return None
+    side = "parent has the larger" if rule.sign > 0 else "child has the larger"
+    agreement = f", agrees with {rule.agreement:.0%} of {rule.n_evidence} edges" if rule.agreement is not None else ""
+    return f"{side} {rule.witness} (from {rule.source}{agreement})"
+
+
+@flow(name="hubtree-trees", log_prints=True)
+def trees_flow(lake: str, use_declared: bool = True, k: int = 10) -> dict:
+    """Recover every family's tree from the lake; ``use_declared=False`` ignores declared edges (for evaluation)."""
+    logger = get_run_logger()
+    the_lake = Lake(lake)
+    the_lake.require()
+    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
+    params = {"lake": lake, "use_declared": use_declared, "k": k}
+    record_run(the_lake, "trees", run_id, params, started, "running")
+    models, revisions, relation = load_models(the_lake)
+    if not models.ids:
+        record_run(the_lake, "trees", run_id, params, started, "completed")
+        logger.warning("no models with sketched attention layers: run `hubtree stats --lake %s` first", lake)
+        return {"run_id": run_id, "status": "completed", "models": 0, "families": 0, "edges": 0}
+    trees = recover_trees(models, declared_rows(the_lake) if use_declared else (), k=k)
+    the_lake.commit("trees", run_id, tree_tables(trees, models, revisions, relation, run_id), day=started.date())
+    summary = {"run_id": run_id, "status": "completed", "models": len(models.ids), "families": len(trees.families), "edges": len(trees.edges)}
+    record_run(the_lake, "trees", run_id, params, started, "completed", {"repos_crawled": len(models.ids)})
+    logger.info("trees %s: %d models in %d families", run_id, summary["models"], summary["families"])
+    return summary
