@@ -429,8 +429,10 @@ def _print_summary(summary: dict) -> None:
     )
 
 
-from hubtree.cli_lora import dsire, lora  # noqa: E402
-main.add_command(lora); main.add_command(dsire)
+from hubtree.cli_lora import dsire, lora  # noqa: E402  (their own module: the LoRA verbs)
+
+main.add_command(lora)
+main.add_command(dsire)
 
 
 if __name__ == "__main__":

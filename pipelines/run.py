@@ -13,10 +13,11 @@ from prefect import flow
 from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.lora import lora_flow
 from hubtree.pipelines.stats import stats_flow
 from hubtree.pipelines.trees import trees_flow
 
-STAGES = ("crawl", "stats", "trees")
+STAGES = ("crawl", "stats", "trees", "lora")
 
 
 @flow(name="hubtree-run", log_prints=True)
@@ -47,6 +48,8 @@ def run_flow(
         results["stats"] = stats_flow(lake=lake, ray_address=ray_address, progress=False)
     if "trees" in (stages or STAGES):
         results["trees"] = trees_flow(lake=lake)
+    if "lora" in (stages or STAGES):
+        results["lora"] = lora_flow(lake=lake, ray_address=ray_address, progress=False)
     status = "completed" if all(r.get("status") == "completed" for r in results.values()) else "failed"
     record_run(the_lake, "run", run_id, params, started, status)
     return {"run_id": run_id, "status": status, "stages": results}

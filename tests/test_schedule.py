@@ -48,7 +48,7 @@ def test_schedule_registers_a_cron_deployment_that_rerun_runs(tmp_path, flows):
         assert rows == ["org/m0", "org/m1", "org/m2"]
         runs = Lake(str(lake)).query("SELECT flow, status FROM crawl_runs").to_pylist()
         assert sorted((r["flow"], r["status"]) for r in runs) == sorted(
-            [(flow, "completed") for flow in ("run", "crawl", "stats", "trees")] * 2  # the whole pipeline, twice
+            [(flow, "completed") for flow in ("run", "crawl", "stats", "trees", "lora")] * 2  # the whole pipeline, twice
         )
     finally:
         os.killpg(server.pid, 9)

@@ -1,0 +1,86 @@
+"""``hubtree lora`` and ``hubtree dsire``: the LoRA attacks as commands (flows in ``pipelines/lora.py``)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(location)
+
+
+@click.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
+@click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from.")
+@click.option("--layers", default=None, help="Only 2-D tensors whose name matches this regex (default: all).")
+@click.option("--iterations", default=300, show_default=True, help="Spectral DeTuning iterations per layer (at most).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
+def lora(lake, hub, layers, iterations, ray_address) -> None:
+    """Recover the pre-fine-tuning weights behind sets of LoRA merges (Spectral DeTuning).
+
+    \b
+    Full-weight repos are grouped by the parent they declare (it may be missing from
+    the hub); repos that declare nothing join a group when they differ from it at low
+    rank. Each group is checked: members that are not LoRA merges of one base are left
+    out (and named), targeted layers and their LoRA ranks are estimated (never asked).
+    Groups of 3+ merges are detuned on a pool of Ray actors; recovered layers go to
+    LAKE/recovered/<base>/<run_id>.safetensors and one lora_recoveries row per layer
+    (w_error where the true base is in the lake). A group that cannot be attacked gets
+    rows with confidence 'low: <why>' instead of weights.
+    """
+    from hubtree.pipelines.lora import lora_flow
+
+    s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations)
+    click.echo(
+        f"lora {s['status']}: {s['groups']} candidate groups, {s['recovered']} bases recovered "
+        f"({s['layers']} layers), {s['low']} low-confidence" + "".join(f"\n  {f}" for f in s["files"])
+    )
+
+
+@click.group()
+def dsire() -> None:
+    """DSiRe: estimate how many samples a LoRA adapter was trained on, from its spectra.
+
+    \b
+      hubtree dsire fit --lake L --labels sizes.csv   # CSV: repo_id,dataset_size
+      hubtree dsire predict --lake L                  # every other adapter in the lake
+    """
+
+
+@dsire.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
+@click.option("--labels", "labels_csv", required=True, type=click.Path(dir_okay=False), help="CSV with header repo_id,dataset_size.")
+@click.option("--hub", default=None, help="Read adapters from this hub instead of the one each repo was crawled from.")
+def fit(lake, labels_csv, hub) -> None:
+    """Fit DSiRe on the labelled adapters and store it in the lake.
+
+    Reads every adapter's A and B by range, writes their spectra to lora_spectra, fits
+    the 1-NN voters on the adapters in the CSV (normalisation from those only) and
+    stores the model as LAKE/models/dsire/<model_id>.npz; prints the model id.
+    """
+    from hubtree.pipelines.lora import dsire_fit_flow
+
+    s = dsire_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub)
+    click.echo(f"dsire fit {s['status']}: model {s['model_id']} on {s['n_train']} adapters")
+
+
+@dsire.command()
+@click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
+@click.option("--model", "model_id", default=None, help="Model id from `dsire fit` (default: the latest fit).")
+@click.option("--hub", default=None, help="Read adapters from this hub instead of the one each repo was crawled from.")
+def predict(lake, model_id, hub) -> None:
+    """Estimate dataset sizes of every adapter in the lake that did not train the model.
+
+    Writes dataset_size_estimates (estimate, the winning vote share, number of adapted
+    layers, model id); adapters of another base or LoRA config are skipped and counted.
+    """
+    from hubtree.lake import Lake
+    from hubtree.pipelines.lora import dsire_predict_flow, load_dsire_model
+
+    the_lake = Lake(_absolute(lake))
+    the_lake.require()
+    load_dsire_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
+    s = dsire_predict_flow(lake=_absolute(lake), model=model_id, hub=hub)
+    click.echo(f"dsire predict {s['status']}: {s['estimated']} adapters estimated with model {s['model_id']}, "
+               f"{len(s['skipped'])} skipped (another base or LoRA config)")

@@ -1,0 +1,79 @@
+"""The LoRA flows end to end on a tiny trained zoo: Spectral DeTuning finds the merged set and
+recovers the hidden base; two merges give a low-confidence row; DSiRe sizes held-out adapters."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from hubtree.lake import Lake
+from hubtree.ops.spectral_detuning import w_error
+from hubtree.ops.zoo import ZooSpec, build_zoo, load_truth
+from hubtree.pipelines.crawl import crawl_flow
+from hubtree.pipelines.lora import dsire_fit_flow, dsire_predict_flow, lora_flow
+
+
+@pytest.fixture(scope="module")
+def zoo_lake(tmp_path_factory, flows):
+    out = tmp_path_factory.mktemp("lorazoo")
+    build_zoo(out, seed=0, spec=ZooSpec.tiny(), progress=False)
+    lake = str(out / "lake")
+    crawl_flow(hub=str(out / "hub"), lake=lake, progress=False)
+    return out, load_truth(out / "truth.json"), lake
+
+
+def test_merged_lora_set_is_found_and_the_hidden_base_recovered(zoo_lake):
+    out, truth, lake = zoo_lake
+    summary = lora_flow(lake=lake, progress=False)
+    (base_repo,) = truth.hidden_bases
+    rows = Lake(lake).query("SELECT * FROM lora_recoveries WHERE base_repo = ?", [base_repo]).to_pylist()
+    assert {r["layer"].split(".")[-2] for r in rows} == set(truth.lora.targets)
+    assert all(r["confidence"] == "ok" and r["rank"] == truth.lora.rank for r in rows)  # rank estimated, never given
+    assert all(sorted(r["sources"]) == sorted(truth.lora.merged) for r in rows)  # undeclared merges joined too
+    assert all(r["w_error"] is None for r in rows)  # the base is not on the hub
+    (path,) = {r["weights_path"] for r in rows}
+    assert path in summary["files"]
+    recovered, true_base = load_file(path), load_file(out / truth.hidden_bases[base_repo])
+    assert set(recovered) == {r["layer"] for r in rows}
+    for name, weights in recovered.items():
+        assert w_error(weights, true_base[name]) <= -10
+    others = Lake(lake).query("SELECT * FROM lora_recoveries WHERE base_repo <> ?", [base_repo]).to_pylist()
+    assert others and all(r["confidence"].startswith("low: ") and r["weights_path"] is None for r in others)
+
+
+def test_two_merges_give_a_low_confidence_row(zoo_lake, tmp_path):
+    out, truth, _ = zoo_lake
+    hub = tmp_path / "hub"
+    for repo in truth.lora.merged[:2]:
+        shutil.copytree(out / "hub" / repo, hub / repo)
+    lake = str(tmp_path / "lake")
+    crawl_flow(hub=str(hub), lake=lake, progress=False)
+    summary = lora_flow(lake=lake, progress=False)
+    rows = Lake(lake).query("SELECT * FROM lora_recoveries").to_pylist()
+    assert summary["recovered"] == 0 and summary["files"] == []
+    assert rows and all(r["confidence"].startswith("low: only 2 merge(s)") and r["weights_path"] is None for r in rows)
+    assert all(r["n_sources"] == 2 for r in rows)
+
+
+def test_dsire_fit_on_half_predicts_the_other_half(zoo_lake, tmp_path):
+    _, truth, lake = zoo_lake
+    by_size: dict[int, list[str]] = {}
+    for repo, size in sorted(truth.lora.adapters.items()):
+        by_size.setdefault(size, []).append(repo)
+    train = {repos[i]: size for size, repos in by_size.items() for i in range(0, len(repos), 2)}
+    labels = tmp_path / "sizes.csv"
+    labels.write_text("repo_id,dataset_size\n" + "".join(f"{r},{s}\n" for r, s in train.items()))
+    fitted = dsire_fit_flow(lake=lake, labels_csv=str(labels))
+    predicted = dsire_predict_flow(lake=lake)
+    assert predicted["model_id"] == fitted["model_id"]
+    rows = Lake(lake).query("SELECT * FROM dataset_size_estimates").to_pylist()
+    held_out = set(truth.lora.adapters) - set(train)
+    assert {r["repo_id"] for r in rows} == held_out
+    sizes = np.array(list(truth.lora.adapters.values()))
+    mae = np.mean([abs(r["estimate"] - truth.lora.adapters[r["repo_id"]]) for r in rows])
+    print(f"DSiRe MAE {mae:.1f} vs mean absolute deviation {np.abs(sizes - sizes.mean()).mean():.1f}")
+    assert mae < np.abs(sizes - sizes.mean()).mean()
+    spectra = Lake(lake).query("SELECT count(DISTINCT repo_id) AS n FROM lora_spectra").to_pylist()
+    assert spectra == [{"n": len(truth.lora.adapters)}]
