@@ -62,7 +62,8 @@ def test_crawl_joins_a_ray_head_started_with_ray_start(tmp_path, prefect_server)
     try:
         for i in range(3):
             add_repo(tmp_path / "hub", f"org/m{i}", seed=i)
-        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        # RAY_AUTH_MODE as the head has it (the session's own Ray set "token" in this process).
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RAY_AUTH_MODE": "disabled"}
         command = [sys.executable, "-m", "hubtree.cli", "crawl", "--hub", str(tmp_path / "hub"),
                    "--lake", str(tmp_path / "lake"), "--ray-address", f"127.0.0.1:{port}"]
         deadline = time.monotonic() + 120
