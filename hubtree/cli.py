@@ -264,7 +264,10 @@ DEMO_QUERIES = {
     "Declared parents (first 10)": "SELECT repo_id, parent_repo_id, relation, source FROM declared_edges ORDER BY repo_id, source LIMIT 10",
     "Largest attention matrices": "SELECT name, shape, count(*) AS repos FROM tensors WHERE name LIKE '%self_attn.q_proj.weight' GROUP BY ALL ORDER BY repos DESC LIMIT 5",
     "PEFT adapters by base": "SELECT base_model, rank, count(*) AS adapters FROM adapters GROUP BY ALL",
-    "Crawl runs": "SELECT run_id, status, repos_crawled, repos_skipped, repos_failed, bytes_fetched, weights_bytes FROM crawl_runs ORDER BY started_at",
+    "Heaviest-tailed attention layers (layer_stats)": "SELECT repo_id, tensor, round(kurtosis, 3) AS kurtosis, round(alpha, 2) AS alpha FROM layer_stats WHERE tensor LIKE '%self_attn%' ORDER BY kurtosis DESC LIMIT 5",
+    "Recovered tree edges (first 10)": "SELECT child_repo_id, parent_repo_id, source, round(confidence, 2) AS confidence FROM tree_edges WHERE source IN ('recovered', 'declared') ORDER BY family_id, child_repo_id LIMIT 10",
+    "Hidden bases recovered from LoRA merges": "SELECT base_repo, count(*) AS layers, any_value(n_sources) AS merges, max(rank) AS rank, any_value(weights_path) AS weights FROM lora_recoveries WHERE confidence = 'ok' GROUP BY base_repo",
+    "Runs": "SELECT flow, status, repos_crawled, repos_failed, bytes_fetched, weights_bytes FROM crawl_runs ORDER BY started_at",
 }
 
 
@@ -272,27 +275,30 @@ DEMO_QUERIES = {
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DEMO_DIR, show_default=True, help="Where the zoo and the lake go.")
 @click.option("--seed", default=0, show_default=True)
 def demo(out: Path, seed: int) -> None:
-    """The whole job on the embedded default: train a zoo hub, crawl it, ask SQL.
+    """The whole job on the embedded default: train a zoo hub, run every stage, ask SQL.
 
-    Makes OUT/zoo (unless it is there already), crawls OUT/zoo/hub into OUT/lake
-    with Prefect in local mode and Ray on this machine, then prints a few answers.
+    Makes OUT/zoo (unless it is there already), runs `hubtree run` on OUT/zoo/hub
+    into OUT/lake (crawl, stats, trees, lora) with Prefect in local mode and Ray on
+    this machine, prints a few answers and scores the trees against the zoo's truth.
     """
     from hubtree.lake import Lake
     from hubtree.ops.zoo import build_zoo
-    from hubtree.pipelines.crawl import crawl_flow
+    from hubtree.pipelines.run import run_flow
 
     started = time.perf_counter()
     zoo_dir = out / "zoo"
     if not (zoo_dir / "truth.json").exists():
         click.echo(f"== training the zoo into {zoo_dir}")
         build_zoo(zoo_dir, seed=seed)
-    click.echo(f"== crawling {zoo_dir / 'hub'} into {out / 'lake'}")
-    summary = crawl_flow(hub=str(zoo_dir / "hub"), lake=str(out / "lake"))
-    _print_summary(summary)
+    click.echo(f"== hubtree run --hub {zoo_dir / 'hub'} --lake {out / 'lake'}")
+    result = run_flow(hub=str((zoo_dir / "hub").resolve()), lake=str((out / "lake").resolve()))
+    _print_summary(result["stages"]["crawl"])
     lake = Lake(str(out / "lake"))
     for title, query in DEMO_QUERIES.items():
         click.echo(f"\n== {title}\n$ hubtree sql --lake {out / 'lake'} \"{query}\"")
         click.echo(format_table(lake.query(query), "table"))
+    click.echo(f"\n== hubtree eval-trees --lake {out / 'lake'} --truth {zoo_dir / 'truth.json'}")
+    click.get_current_context().invoke(eval_trees, lake=str(out / "lake"), truth=zoo_dir / "truth.json")
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; try: hubtree sql --lake {out / 'lake'} \"select * from repos limit 5\"")
 
 

@@ -29,7 +29,10 @@ def load_models(lake: Lake) -> tuple[Models, dict[str, str], dict[str, str]]:
     """The tree stage's input from the lake; also each model's revision and declared relation."""
     rows = lake.query(
         """
-        SELECT r.repo_id, r.revision, epoch(r.created_at) AS created_at, s.tensor, s.shape, s.sketch, st.kurtosis
+        SELECT r.repo_id, r.revision, s.tensor, s.shape, s.sketch, st.kurtosis,
+               -- Upload times only where a hub records uploads: a local folder's file times
+               -- are copy times (cp, git clone) and would mislead the parent-is-older prior.
+               CASE WHEN r.hub LIKE 'http%' THEN epoch(r.created_at) END AS created_at
         FROM repos r
         JOIN layer_sketches s USING (repo_id, revision)
         JOIN layer_stats st USING (repo_id, revision, tensor)
