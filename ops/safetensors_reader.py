@@ -214,6 +214,22 @@ def read_header(source: ByteSource, file: str = "") -> SafetensorsHeader:
     return parse_header(first8 + source.read(8, 8 + n), size, file)
 
 
+def entries_for(source: ByteSource, names: list[str], file: str = "") -> list[TensorEntry]:
+    """The header entries of ``names``, re-read from the file itself before any data is.
+
+    Later stages know tensors by name from the lake; the file's own header, checked
+    again, decides the offsets, so a file that changed since the crawl is refused.
+    """
+    header = {e.name: e for e in read_header(source, file).tensors}
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise TensorOutOfRangeError(
+            f"{file}: {len(missing)} tensors catalogued at this revision are not in the file now "
+            f"(first: {missing[0]!r}); recrawl the repo"
+        )
+    return [header[n] for n in names]
+
+
 def read_tensor(source: ByteSource, entry: TensorEntry) -> np.ndarray:
     """Exactly one tensor's bytes, decoded to a numpy array of its own dtype and shape.
 

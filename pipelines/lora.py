@@ -34,13 +34,13 @@ from prefect.cache_policies import NONE
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from hubtree.errors import HubtreeError, LakeError, LoraSetError, TensorOutOfRangeError
+from hubtree.errors import HubtreeError, LakeError, LoraSetError
 from hubtree.lake import Lake
 from hubtree.ops.dsire import DsireModel, adapter_spectra
 from hubtree.ops.hub_source import RepoRef
 from hubtree.ops.hubs import open_hub
 from hubtree.ops.lora_sets import MIN_MERGES, check_attack_set
-from hubtree.ops.safetensors_reader import as_float_tensor, read_header, read_tensor
+from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
 from hubtree.pipelines.run_log import record_run
@@ -79,15 +79,8 @@ def read_layers(hubs: dict, loc: RepoLoc, names: list[str], hub_override: str | 
     out = {}
     for file, wanted in by_file.items():
         handle = source.open_file(ref, file)
-        header = {e.name: e for e in read_header(handle, file).tensors}
-        missing = [n for n in wanted if n not in header]
-        if missing:
-            raise TensorOutOfRangeError(
-                f"{loc.repo_id}/{file}: {len(missing)} tensors catalogued at this revision are not in the file now "
-                f"(first: {missing[0]!r}); recrawl the repo"
-            )
-        for name in wanted:
-            out[name] = as_float_tensor(read_tensor(handle, header[name]))
+        for entry in entries_for(handle, wanted, f"{loc.repo_id}/{file}"):
+            out[entry.name] = as_float_tensor(read_tensor(handle, entry))
     return out
 
 

@@ -23,14 +23,14 @@ from prefect.cache_policies import NONE
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from hubtree.errors import HubtreeError, TensorOutOfRangeError
+from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
 from hubtree.ops.catalog import CrawlError
 from hubtree.ops.hub_source import RepoRef
 from hubtree.ops.hubs import open_hub
 from hubtree.ops.layer_stats import batch_layer_stats
 from hubtree.ops.probes import probe_features
-from hubtree.ops.safetensors_reader import as_float_tensor, read_header, read_tensor
+from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.sketch import sketch
 from hubtree.pipelines.catalog_rows import error_row
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
@@ -93,14 +93,7 @@ class StatsWorker:
             handle = None
             try:
                 handle = source.open_file(ref, file)
-                header = {e.name: e for e in read_header(handle, file).tensors}
-                missing = [n for n in names if n not in header]
-                if missing:
-                    raise TensorOutOfRangeError(
-                        f"{file}: {len(missing)} tensors catalogued at this revision are not in the file now "
-                        f"(first: {missing[0]!r}); recrawl the repo"
-                    )
-                for chunk in _chunks([header[n] for n in names]):
+                for chunk in _chunks(entries_for(handle, names, file)):
                     tensors = {e.name: as_float_tensor(read_tensor(handle, e)) for e in chunk}
                     self._rows(file, {e.name: e for e in chunk}, tensors, result)
             except HubtreeError as err:
