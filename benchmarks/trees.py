@@ -16,7 +16,7 @@ Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR]``. One table fr
     average), each child = parent + a step of relative size ~3% of which siblings share
     half, 3% quantized copies, uploads in creation order, a kurtosis-like witness that
     falls by 0.1 +- 0.05 per fine-tune, 10% of edges declared; 1,000 / 10,000 / 100,000
-    models, each size in a fresh process: wall time, peak RSS of that process, accuracy.
+    models, each size in a fresh (spawned) process: wall time, peak RSS of that process, accuracy.
 Zoos are trained once and cached (default: ``$TMPDIR/hubtree-bench-trees``).
 """
 from __future__ import annotations
@@ -95,12 +95,15 @@ def cached_zoo(cache: Path, seed: int, scale: int, spec: ZooSpec) -> Path:
 def declare_some(truth: TrueTree, ids: list[str], fraction: float, seed: int) -> list[DeclaredRow]:
     """A seeded draw of ``fraction`` of the true edges into models with weights, as card rows."""
     rng = np.random.default_rng(seed)
-    edges = sorted((c, p) for c, p in truth.parent.items() if p is not None and c in set(ids))
+    with_weights = set(ids)
+    edges = sorted((c, p) for c, p in truth.parent.items() if p is not None and c in with_weights)
     chosen = rng.random(len(edges)) < fraction
     return [DeclaredRow(c, p, "finetune", "card") for (c, p), keep in zip(edges, chosen) if keep]
 
 
-def synthetic_forest(n: int, seed: int = 0, layers: int = 4, width: int = 64, family_size: int = 50) -> tuple[Models, TrueTree, list[DeclaredRow]]:
+def synthetic_forest(
+    n: int, seed: int = 0, layers: int = 4, width: int = 64, family_size: int = 50
+) -> tuple[Models, TrueTree, list[DeclaredRow]]:
     """Random forests in sketch space whose true trees are known (see the module docstring)."""
     rng = np.random.default_rng(seed)
     d = layers * width
@@ -136,12 +139,15 @@ def synthetic_forest(n: int, seed: int = 0, layers: int = 4, width: int = 64, fa
 def row(setting: str, n_models: int, scores: TreeScores, seconds: float, peak_mib: float | None = None) -> str:
     peak = f"{peak_mib:9.0f}" if peak_mib is not None else f"{'-':>9s}"
     return (
-        f"{setting:<44s} {n_models:>7d} {scores.n_edges:>6d} {scores.directed_acc:>8.1%} {scores.undirected_acc:>8.1%}"
+        f"{setting:<50s} {n_models:>7d} {scores.n_edges:>6d} {scores.directed_acc:>8.1%} {scores.undirected_acc:>8.1%}"
         f" {scores.family_purity:>7.1%} {scores.families_split:>5d} {seconds:>9.2f} {peak}"
     )
 
 
-HEADER = f"{'setting':<44s} {'models':>7s} {'edges':>6s} {'directed':>8s} {'undirect':>8s} {'purity':>7s} {'split':>5s} {'seconds':>9s} {'peak MiB':>9s}"
+HEADER = (
+    f"{'setting':<50s} {'models':>7s} {'edges':>6s} {'directed':>8s} {'undirect':>8s}"
+    f" {'purity':>7s} {'split':>5s} {'seconds':>9s} {'peak MiB':>9s}"
+)
 
 
 def zoo_rows(zoo: Path, seed: int) -> tuple[list[str], list[str]]:
@@ -168,13 +174,16 @@ def zoo_rows(zoo: Path, seed: int) -> tuple[list[str], list[str]]:
         trees = recover_trees(models, rows_in)
         seconds = time.perf_counter() - t0
         rows.append(row(f"zoo s{seed}: hubtree, {name}", len(m.ids), evaluate(trees.edges, truth), seconds))
-        rules = sorted({(r.rule.source, r.rule.witness, r.rule.sign, None if r.rule.agreement is None else round(r.rule.agreement, 2)) for r in trees.families})
+        rules = sorted({(f.rule.source, f.rule.witness, f.rule.sign, f.rule.agreement and round(f.rule.agreement, 2)) for f in trees.families})
         notes.append(f"zoo s{seed} {name}: direction rules (source, witness, sign, agreement) {rules}; {_calibration(trees.edges, truth)}")
     return rows, notes
 
 
 def _calibration(edges: list[TreeEdge], truth: TrueTree) -> str:
-    scored = sorted((e.confidence, truth.parent.get(e.child) == e.parent) for e in edges if e.source == "weights" and truth.parent.get(e.child) in {x.child for x in edges})
+    nodes = {e.child for e in edges}
+    scored = sorted(
+        (e.confidence, truth.parent[e.child] == e.parent) for e in edges if e.source == "weights" and truth.parent.get(e.child) in nodes
+    )
     if len(scored) < 4:
         return "too few inferred edges to split by confidence"
     half = len(scored) // 2
@@ -203,7 +212,7 @@ def main() -> None:
         zoo_lines, zoo_notes = zoo_rows(cached_zoo(args.cache, seed, 2, spec), seed)
         lines += zoo_lines
         notes += zoo_notes
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a forked child would inherit torch's thread pool and hang
     for n in (s for s in SIZES if s <= args.max_n):
         queue = ctx.Queue()
         worker = ctx.Process(target=synthetic_row, args=(n, queue))
