@@ -325,7 +325,9 @@ def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
     return {int(keys[order[g[0]]]): values[order[g]] for g in np.split(np.arange(len(keys)), cuts) if len(g)}
 
 
-def _placeholders(graph: DeclaredGraph, parents: dict[str, list[str]], index: dict[str, int], family: np.ndarray) -> dict[int, list[tuple[str, np.ndarray]]]:
+def _placeholders(
+    graph: DeclaredGraph, parents: dict[str, list[str]], index: dict[str, int], family: np.ndarray
+) -> dict[int, list[tuple[str, np.ndarray]]]:
     """Per family, the missing declared parents with >= 2 declared children in it, and those children.
 
     Such a parent (gated, deleted, never uploaded) is placed at its children's mean: for
@@ -424,7 +426,8 @@ def _declared_and_duplicate_edges(models, graph, parents, rep, family, placed: M
     kurtosis = dict(zip(models.ids, models.kurtosis.tolist()))
     nan = float("nan")
     out = [
-        TreeEdge(r.repo_id, r.parent_repo_id, family_of.get(r.repo_id, -1), "declared", 1.0, kurtosis.get(r.parent_repo_id, nan), kurtosis.get(r.repo_id, nan))
+        TreeEdge(r.repo_id, r.parent_repo_id, family_of.get(r.repo_id, -1), "declared", 1.0,
+                 kurtosis.get(r.parent_repo_id, nan), kurtosis.get(r.repo_id, nan))
         for r in graph.edges
     ]  # fmt: skip
     for i in np.nonzero(rep != np.arange(len(rep)))[0]:
@@ -461,7 +464,9 @@ def _rows(vectors: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- baseline and scores
 
 
-def plain_mother(ids: Sequence[str], signature: Sequence[str], layers: Sequence[Sequence[np.ndarray]], kurtosis: np.ndarray, lam: float = 0.3) -> list[TreeEdge]:
+def plain_mother(
+    ids: Sequence[str], signature: Sequence[str], layers: Sequence[Sequence[np.ndarray]], kurtosis: np.ndarray, lam: float = 0.3
+) -> list[TreeEdge]:
     """MoTHer as published, the benchmark's baseline: no priors, no sparsity, no time.
 
     Per architecture block: ``D[i, j] = mean_l RMS(W_il - W_jl)`` over the square attention

@@ -292,7 +292,8 @@ def test_declared_graph_of_real_llama2_and_sd21_records():
     assert llama.drop_counts()["duplicate"] == 88  # every card and its tags say the same
     rows, ids = hub_record_rows("hub_records_sd2_1.jsonl")
     sd = declared_graph(rows, known=ids)
-    assert sd.multi_parent() == {"jwengr/stable-diffusion-2-gray-inpaint-to-rgb": ["stabilityai/stable-diffusion-2-inpainting", "stabilityai/stable-diffusion-2-1"]}
+    two_bases = ["stabilityai/stable-diffusion-2-inpainting", "stabilityai/stable-diffusion-2-1"]
+    assert sd.multi_parent() == {"jwengr/stable-diffusion-2-gray-inpaint-to-rgb": two_bases}
     assert "stabilityai/stable-diffusion-2-inpainting" in sd.missing
 
 
