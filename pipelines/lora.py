@@ -43,7 +43,7 @@ from hubtree.ops.lora_sets import MIN_MERGES, check_attack_set
 from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
-from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -312,12 +312,8 @@ def lora_flow(
     ``hub`` overrides where weights are read from; ``layers`` is a regex on tensor names.
     """
     logger = get_run_logger()
-    the_lake = Lake(lake)
-    the_lake.require()
-    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
     params = {"lake": lake, "hub": hub, "layers": layers, "ray_address": ray_address, "iterations": iterations}
-    the_lake.vacuum()
-    record_run(the_lake, "lora", run_id, params, started, "running")
+    the_lake, run_id, started = begin_run(lake, "lora", params)
     plans = plan_groups(the_lake, layers)
     summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "files": []}
     rows: list[dict] = []
@@ -424,12 +420,8 @@ def _read_labels(labels_csv: str) -> dict[str, int]:
 def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     """Fit DSiRe on the lake's adapters listed in ``labels_csv`` (``repo_id,dataset_size``); store it in the lake."""
     logger = get_run_logger()
-    the_lake = Lake(lake)
-    the_lake.require()
-    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
     params = {"lake": lake, "labels_csv": labels_csv, "hub": hub}
-    the_lake.vacuum()
-    record_run(the_lake, "dsire-fit", run_id, params, started, "running")
+    the_lake, run_id, started = begin_run(lake, "dsire-fit", params)
     labels = _read_labels(labels_csv)
     features = adapter_features(the_lake, hub, run_id)
     missing = sorted(set(labels) - set(features))

@@ -6,6 +6,7 @@ interrupted run from a finished one.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -31,3 +32,14 @@ def record_run(
         "batch_id": "",
     }
     lake.commit("runs", run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())
+
+
+def begin_run(lake_url: str, flow: str, params: dict) -> tuple[Lake, str, datetime]:
+    """What every stage over an existing lake does first: check the lake, drop a killed
+    run's uncommitted parts, and commit this run's ``running`` row. Returns (lake, run_id, started)."""
+    lake = Lake(lake_url)
+    lake.require()
+    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
+    lake.vacuum()
+    record_run(lake, flow, run_id, params, started, "running")
+    return lake, run_id, started

@@ -10,10 +10,9 @@ batches so same-shaped matrices share one batched eigen-decomposition. A tensor 
 from __future__ import annotations
 
 import re
-import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 
 import pyarrow as pa
 import ray
@@ -34,7 +33,7 @@ from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_te
 from hubtree.ops.sketch import sketch
 from hubtree.pipelines.catalog_rows import error_row
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
-from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import CRAWL_ERRORS, LAYER_SKETCHES, LAYER_STATS, PROBE_FEATURES
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
@@ -198,12 +197,8 @@ def stats_flow(
     """
     logger = get_run_logger()
     settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim)
-    the_lake = Lake(lake)
-    the_lake.require()
-    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
     params = {"lake": lake, "hub": hub, "layers": layers, "batch_size": batch_size, "ray_address": ray_address, **asdict(settings)}
-    the_lake.vacuum()
-    record_run(the_lake, "stats", run_id, params, started, "running")
+    the_lake, run_id, started = begin_run(lake, "stats", params)
     units = pending_units(the_lake, layers)
     summary = {"run_id": run_id, "status": "completed", "models": len(units), "tensors": 0, "failed": 0, "bytes_fetched": 0}
     logger.info("%d models have tensors without statistics", len(units))

@@ -8,8 +8,6 @@ batch; the views show the latest run.
 """
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +17,7 @@ from hubtree.lake import Lake
 from hubtree.ops.families import architecture_signature, distance_vector, output_projections, square_attention_layers
 from hubtree.ops.mother import Models, TreeEdge, Trees, recover_trees
 from hubtree.ops.tree_priors import DeclaredRow, DirectionRule
-from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import FAMILIES, TREE_EDGES
 
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
@@ -124,11 +122,8 @@ def _rule(rule: DirectionRule | None) -> str | None:
 def trees_flow(lake: str, use_declared: bool = True, k: int = 10) -> dict:
     """Recover every family's tree from the lake; ``use_declared=False`` ignores declared edges (for evaluation)."""
     logger = get_run_logger()
-    the_lake = Lake(lake)
-    the_lake.require()
-    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
     params = {"lake": lake, "use_declared": use_declared, "k": k}
-    record_run(the_lake, "trees", run_id, params, started, "running")
+    the_lake, run_id, started = begin_run(lake, "trees", params)
     models, revisions, relation = load_models(the_lake)
     if not models.ids:
         record_run(the_lake, "trees", run_id, params, started, "completed")
