@@ -62,7 +62,9 @@ def main() -> None:
             f"{name:8} {s['repos_crawled']:6d} {seconds:8.2f} {s['repos_crawled'] / seconds:8.1f} {s['requests']:9d} "
             f"{s['bytes_fetched'] / 1e6:11.3f} {s['weights_bytes'] / 1e6:11.3f} {s['bytes_fetched'] / weights:15.3%} {headers / weights:15.3%}"
         )
-    print("fetched = safetensors headers + cards + configs; headers = the safetensors headers alone")
+    print("fetched = safetensors headers + the cards and configs a source did not describe with the record\n"
+          "(HTTP: model_info carries card metadata and config, so only adapter_config.json is read); "
+          "headers = the safetensors headers alone")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ from hubtree.errors import (
     RevisionNotFoundError,
 )
 from hubtree.ops.declared import parse_card
-from hubtree.ops.hub_source import RepoFile, RepoQuery, RepoRecord, RepoRef
+from hubtree.ops.hub_source import RepoFile, RepoQuery, RepoRecord, RepoRef, config_summary
 from hubtree.ops.local_hub import LocalHub, _matches, _sha256
 
 GATED_MARKER = ".gated"
@@ -150,7 +150,7 @@ class ServedHub:
             files = {f.path: ServedFile(f.path, f.size, local=hub.local_path(repo_id, f.path)) for f in record.files}
             self._folders[key] = ServedRepo(
                 replace(record, gated=gated is not None), gated, _json_or_empty(hub, ref, "README.md", parse_card),
-                _hub_config(_json_or_empty(hub, ref, "config.json", json.loads)), files,
+                config_summary(_json_or_empty(hub, ref, "config.json", json.loads)), files,
             )
         return self._folders[key]
 
@@ -162,11 +162,6 @@ def _json_or_empty(hub: LocalHub, ref: RepoRef, path: str, parse: Callable[[str]
     except (HubtreeError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _hub_config(config: dict) -> dict | None:
-    """The few config.json keys the Hub copies into a model's ``config``."""
-    return {k: config[k] for k in ("architectures", "model_type") if k in config} or None
 
 
 # --- recorded Hub metadata -----------------------------------------------------------

@@ -1,7 +1,9 @@
 """Catalog one repo revision: its record, declared parents, files and tensor headers.
 
 This is the per-repo unit of a crawl. It reads the card, the configs and the header
-of every safetensors file, never tensor data, and never opens a pickled file. Every
+of every safetensors file, never tensor data, and never opens a pickled file. Card
+metadata and config keys that the hub's API already returned with the record are
+taken from there, not fetched again (on the Hub that saves two resolves per repo). Every
 failure is caught at the smallest scope that keeps the rest: a bad card costs the
 card, a bad weights file costs that file, a missing repo costs the repo; each
 becomes a ``CrawlError`` instead of an exception.
@@ -20,7 +22,7 @@ from hubtree.ops.declared import (
     edges_from_tags,
     parse_card,
 )
-from hubtree.ops.hub_source import HubSource, RepoFile, RepoRecord, RepoRef
+from hubtree.ops.hub_source import HubSource, RepoFile, RepoRecord, RepoRef, config_summary
 from hubtree.ops.safetensors_reader import TensorEntry, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -115,15 +117,19 @@ def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
     out.file_kinds = {f.path: file_kind(f.path) for f in out.record.files}
     paths = set(out.file_kinds)
 
-    if "README.md" in paths:
+    if out.record.card:
+        out.card = out.record.card
+    elif "README.md" in paths:
         text = _text(source, ref, "README.md", "card", out)
         if text is not None:
             try:
                 out.card = parse_card(text)
             except HubtreeError as err:
                 out.errors.append(CrawlError.of(err, ref, "card", "README.md"))
-    if "config.json" in paths:
-        out.config = _json(source, ref, "config.json", out)
+    if out.record.config is not None:
+        out.config = config_summary(out.record.config)
+    elif "config.json" in paths:
+        out.config = config_summary(_json(source, ref, "config.json", out))
     adapter_config = _json(source, ref, "adapter_config.json", out) if "adapter_config.json" in paths else None
     if adapter_config is not None:
         out.adapter = _adapter_info(adapter_config)

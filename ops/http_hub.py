@@ -143,7 +143,11 @@ class HttpHub:
 
     # -- one repo --------------------------------------------------------------
     def repo_record(self, ref: RepoRef) -> RepoRecord:
-        """``model_info`` at ``ref.revision`` with file sizes and LFS hashes, as a RepoRecord."""
+        """``model_info`` at ``ref.revision`` with file sizes and LFS hashes, as a RepoRecord.
+
+        Its card metadata (``cardData``, the card's YAML as the Hub parsed it) and
+        ``config`` come along, so the catalog need not resolve README.md and config.json.
+        """
         info = self._model_info(ref.repo_id, ref.revision)
         return RepoRecord(
             repo_id=info.id,
@@ -162,6 +166,8 @@ class HttpHub:
                 RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
                 for s in info.siblings or []
             ],
+            card=info.card_data.to_dict() if info.card_data else None,
+            config=info.config if isinstance(info.config, dict) else None,
         )
 
     def read_text(self, ref: RepoRef, path: str, max_bytes: int = 1 << 20) -> str:

@@ -58,6 +58,10 @@ class RepoRecord:
     downloads: int | None = None
     likes: int | None = None
     files: list[RepoFile] = field(default_factory=list)
+    # What an API gives with the record (the Hub's ``cardData`` and ``config``), so that
+    # README.md and config.json need not be fetched; None where the hub does not say.
+    card: dict | None = None
+    config: dict | None = None
 
 
 class HubSource(Protocol):
@@ -76,3 +80,18 @@ class HubSource(Protocol):
 
     def open_file(self, ref: RepoRef, path: str, size: int | None = None) -> ByteSource:
         """Random access to one file at ``ref.revision`` (memory or byte ranges, never a full download)."""
+
+
+# The keys of config.json the Hub copies into a model's ``config`` (its API returns no others).
+HUB_CONFIG_KEYS = ("architectures", "model_type")
+
+
+def config_summary(config: dict | None) -> dict | None:
+    """The part of a config.json that every hub reports alike: the Hub API's ``config`` keys.
+
+    The Hub's ``model_info`` gives only these, so an HTTP crawl need not fetch config.json;
+    a folder crawl keeps the same keys, so both give the same ``repos`` rows.
+    """
+    if config is None:
+        return None
+    return {k: config[k] for k in HUB_CONFIG_KEYS if k in config} or None

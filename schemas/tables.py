@@ -31,7 +31,7 @@ REPOS = _table(
     pa.field("card_metadata", pa.string()),  # the card's YAML front matter as JSON; no card prose
     pa.field("model_type", pa.string()),
     pa.field("architectures", pa.list_(pa.string())),
-    pa.field("config", pa.string()),  # config.json as JSON text
+    pa.field("config", pa.string()),  # config.json keys the Hub API reports (architectures, model_type), JSON
     pa.field("n_files", pa.int32()),
     pa.field("total_bytes", pa.int64()),  # all files of the revision
     pa.field("weights_bytes", pa.int64()),  # safetensors files only

@@ -38,6 +38,15 @@ def test_http_crawl_gives_the_same_tables_as_the_folder(hub_dir, tmp_path, flows
     errors = Lake(str(tmp_path / "http")).query("SELECT repo_id, error_class FROM crawl_errors").to_pylist()
     assert errors and {e["repo_id"] for e in errors} == {GATED_REPO}
     assert {e["error_class"] for e in errors} == {"GatedRepoError"}
+    # Card metadata and config come with model_info: such repos cost only their headers' bytes.
+    header_only = Lake(str(tmp_path / "http")).query(
+        "SELECT r.repo_id, r.bytes_fetched, sum(t.header) AS header FROM repos r JOIN "
+        "(SELECT repo_id, min(data_begin) AS header FROM tensors GROUP BY repo_id, file) t USING (repo_id) "
+        f"WHERE r.card_metadata IS NOT NULL AND r.config IS NOT NULL AND r.repo_id != '{GATED_REPO}' "
+        "AND r.repo_id NOT IN (SELECT repo_id FROM files WHERE kind = 'adapter_config') "
+        "GROUP BY r.repo_id, r.bytes_fetched"
+    ).to_pylist()
+    assert len(header_only) >= 6 and [r for r in header_only if r["bytes_fetched"] != r["header"]] == []
 
 
 def test_faults_cost_retries_not_repos(hub_dir, tmp_path, flows, monkeypatch):
