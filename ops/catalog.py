@@ -151,7 +151,8 @@ def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
 
 def _read_tensors(source: HubSource, ref: RepoRef, repo_file: RepoFile, out: RepoCatalog) -> None:
     try:
-        handle = source.open_file(ref, repo_file.path, repo_file.size)
+        # size 0 is also how a record without file sizes lists a file: let the hub say what it is
+        handle = source.open_file(ref, repo_file.path, repo_file.size or None)
         try:
             header = read_header(handle, repo_file.path)
         finally:

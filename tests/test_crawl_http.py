@@ -86,3 +86,6 @@ def test_family_crawl_finds_llama2_descendants_from_real_records(tmp_path, flows
     edges = {(r["repo_id"], r["parent_repo_id"]) for r in lake.query("SELECT * FROM declared_edges WHERE source = 'tag'").to_pylist()}
     assert ("epfl-llm/meditron-7b", "meta-llama/Llama-2-7b") in edges
     assert ("malhajar/meditron-7b-chat", "epfl-llm/meditron-7b") in edges
+    # Records carry no weights: each safetensors file is a clear 404, pickles are refused unread.
+    classes = set(lake.query("SELECT DISTINCT error_class FROM crawl_errors").column(0).to_pylist())
+    assert classes <= {"EntryNotFoundError", "UnsupportedFormatError"} and "EntryNotFoundError" in classes
