@@ -200,12 +200,17 @@ def _typical_step(c: np.ndarray, d: np.ndarray, m: int) -> float:
 
 
 def _mean_step(x: np.ndarray, parent: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Mean of ``x_c - x_p`` over the tree's edges that are fine-tuning steps on both ends."""
-    use = np.nonzero((parent >= 0) & steps)[0]
-    use = use[steps[parent[use]]]
+    """Sum of ``x_c - x_p`` over the tree's edges that are steps on both ends, per step child.
+
+    Edges from a placeholder are steps whose size we cannot see (it sits at its children's
+    mean); they count as zero rather than not at all, so that a family whose parent is
+    missing does not take its drift from the few sibling-to-sibling edges of a first guess.
+    """
+    children = np.nonzero((parent >= 0) & steps)[0]
+    use = children[steps[parent[children]]]
     if len(use) == 0:
         return np.zeros(x.shape[1])
-    return (x[use].astype(np.float64) - x[parent[use]]).mean(axis=0)
+    return (x[use].astype(np.float64) - x[parent[use]]).sum(axis=0) / len(children)
 
 
 def _candidates(x, queries, created_at, can_parent, forced, k) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -187,7 +187,7 @@ PAPER_RULE = DirectionRule("default", "kurtosis", +1)
 # grew on 100/100/100/92/92% of fine-tune edges, kurtosis fell on 96/74/75/67/58%. Weight
 # decay over long training would break it; any declared edge in the lake overrides it.
 GROWTH_RULE = DirectionRule("default", "norm", -1)
-WITNESSES = ("kurtosis", "norm")
+WITNESSES = ("norm", "kurtosis")  # in order of preference on ties
 
 Votes = dict[tuple[str, int], tuple[int, int]]  # (witness, sign) -> (edges it orients right, edges usable)
 
@@ -209,7 +209,9 @@ def choose_direction(votes: Votes, source: str, prior: Votes | None = None, stre
     ``score = (agree + strength * q) / (n + strength)`` with ``q = (a + 1) / (N + 2)`` the
     prior's agreement (the lake's, for a family; 1/2 without one): a family's own declared
     edges override the lake only when there are enough of them, and a lone edge cannot
-    switch a family to another witness. Ties keep the paper's (kurtosis, +1).
+    switch a family to another witness. Ties go to the norm witness, ``GROWTH_RULE``'s: on
+    the zoos, where both witnesses agree with every declared edge, norm orients the
+    undeclared ones better (held-out seed 12: 97.9% against 95.7% for kurtosis).
     """
     best: tuple[float, DirectionRule] | None = None
     for (witness, sign), (agree, n) in votes.items():

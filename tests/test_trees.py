@@ -20,6 +20,7 @@ from hubtree.ops.mother import (
     Models,
     TreeEdge,
     TrueTree,
+    _mean_step,
     evaluate,
     min_arborescence,
     mother_tree,
@@ -165,13 +166,15 @@ def test_direction_rule_follows_declared_edges_that_flip_it():
 
 
 def test_without_upload_times_the_learned_rule_orients_the_chain():
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(7)
     x = np.cumsum(np.vstack([rng.normal(0, 1, 64), rng.normal(0, 0.05, (7, 64))]), axis=0).astype(np.float32)
+    norm = np.linalg.norm(x, axis=1)
+    assert norm[1] > norm[0] and norm[5] < norm[4]  # the norm witness splits on the declared edges
     kurtosis = np.linspace(0.0, 1.4, 8)  # rises along the chain: the paper's rule reads it backwards
     models = models_of(x, times=[np.nan] * 8, kurtosis=kurtosis)
     declared = [DeclaredRow("org/m1", "org/m0"), DeclaredRow("org/m5", "org/m4")]
     learned = recover_trees(models, declared)
-    assert all(f.rule.source == "declared" and f.rule.sign == -1 for f in learned.families)
+    assert all(f.rule.source == "declared" and (f.rule.witness, f.rule.sign) == ("kurtosis", -1) for f in learned.families)
     found = parents_of(learned.edges)
     assert all(found[f"org/m{i}"] == f"org/m{i - 1}" for i in range(1, 8))
     backwards = parents_of(recover_trees(models, default_rule=PAPER_RULE).edges)
@@ -329,3 +332,12 @@ def test_evaluate_counts_only_edges_the_method_had_to_find():
     scores = evaluate(edges, truth)
     assert (scores.n_edges, scores.directed_acc, scores.families_split) == (2, 0.5, 1)
     assert evaluate(edges, truth, exclude_declared=False).n_edges == 3
+
+
+def test_edges_from_a_placeholder_count_as_zero_drift():
+    # members 0-3 are steps, 4 a placeholder parent (no step); the first guess chains 3 onto 2
+    x = np.array([[1.0, 0], [0, 1.0], [-1.0, 0], [-1.0, 2.0], [0, 0]])
+    steps = np.array([True, True, True, True, False])
+    parent = np.array([4, 4, 4, 2, -1])
+    drift = _mean_step(x, parent, steps)
+    assert np.allclose(drift, [0, 0.5])  # one sibling edge's (0, 2) over four step children, not (0, 2) itself
