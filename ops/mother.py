@@ -138,6 +138,7 @@ def mother_tree(
     lam: float = 0.5,
     beta: float = 0.5,
     rounds: int = 3,
+    placeholders: np.ndarray | None = None,
 ) -> FamilyTree:
     """The tree of one family: the min arborescence of, per candidate edge p -> c,
 
@@ -164,6 +165,8 @@ def mother_tree(
             copies and placeholders): only steps are corrected for and estimate delta.
         k: candidate parents per child; lam: MoTHer's lambda; beta: weight of the turn;
         rounds: at most this many trees (it stops early once the tree repeats).
+        placeholders: members without weights (missing declared parents), placed at their
+            children's mean: given, then re-placed at the mean of their children in each tree.
     """
     m = len(x)
     drift, parent = np.zeros(x.shape[1]), None
@@ -180,8 +183,20 @@ def mother_tree(
         previous, parent = parent, _parents(p, edge)
         if previous is not None and np.array_equal(previous, parent):
             break
+        if placeholders is not None and placeholders.any():
+            x = _recentre(x, parent, np.nonzero(placeholders)[0])
         drift = _mean_step(x, parent, steps)
     return FamilyTree(parent, _margins(m, c, cost, edge, forced, s))
+
+
+def _recentre(x: np.ndarray, parent: np.ndarray, movable: np.ndarray) -> np.ndarray:
+    """``x`` with each ``movable`` row at the mean of its children in ``parent`` (kept where it has none)."""
+    x = x.copy()
+    for g in movable:
+        children = np.nonzero(parent == g)[0]
+        if len(children):
+            x[g] = x[children].mean(axis=0)
+    return x
 
 
 def _parents(p: np.ndarray, edge: np.ndarray) -> np.ndarray:
@@ -314,7 +329,10 @@ def recover_trees(
         rule = choose_direction(_votes(evidence_of.get(f, evidence[:0]), witnesses), "declared", prior=lake) or lake_rule
         members = members_of[f]
         fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
-        tree = mother_tree(fam.x, fam.seniority, fam.created_at, fam.can_parent, fam.forced, fam.steps, k, lam, beta, rounds)
+        tree = mother_tree(
+            fam.x, fam.seniority, fam.created_at, fam.can_parent, fam.forced, fam.steps, k, lam, beta, rounds,
+            placeholders=np.arange(len(fam.ids)) >= len(members),
+        )
         edges += _inferred_edges(f, fam, tree)
         timed = float(np.isfinite(models.created_at[members]).mean())
         reports.append(FamilyReport(f, signature_of[f], len(members), rule, timed, tuple(fam.ids[len(members) :])))
@@ -333,11 +351,13 @@ def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
 def _placeholders(
     graph: DeclaredGraph, parents: dict[str, list[str]], index: dict[str, int], family: np.ndarray
 ) -> dict[int, list[tuple[str, np.ndarray]]]:
-    """Per family, the missing declared parents with >= 2 declared children in it, and those children.
+    """Per family, the missing declared parents with a declared child in it, and those children.
 
-    Such a parent (gated, deleted, never uploaded) is placed at its children's mean: for
-    fine-tunes with independent steps that is closer to it than any child is, so its
-    undeclared children find it.
+    Such a parent (gated, deleted, never uploaded) starts at its declared children's mean and
+    ``mother_tree`` moves it to the mean of all its children after each round: for fine-tunes
+    with independent steps that is closer to it than any child is, so its undeclared children
+    find it. (With one declared child it starts on that child; its siblings, equally near,
+    attach to the placeholder, which carries no direction penalty, and pull it to the centre.)
     """
     children: dict[tuple[int, str], list[int]] = {}
     for child, ps in parents.items():
@@ -346,8 +366,7 @@ def _placeholders(
                 children.setdefault((int(family[index[child]]), p), []).append(index[child])
     out: dict[int, list[tuple[str, np.ndarray]]] = {}
     for (f, p), cs in sorted(children.items()):
-        if len(cs) >= 2:
-            out.setdefault(f, []).append((p, np.array(cs)))
+        out.setdefault(f, []).append((p, np.array(cs)))
     return out
 
 

@@ -156,6 +156,13 @@ def test_missing_declared_parent_is_a_node_and_placed_among_its_children():
     assert any("gated/base" in f.placeholders for f in trees.families)
 
 
+def test_a_missing_parent_declared_by_one_child_gathers_its_siblings():
+    x = star(8, seed=3)[1:]  # LoRA merges of a base that was never published, one card naming it
+    trees = recover_trees(models_of(x, times=[np.nan] * 8), [DeclaredRow("org/m0", "hidden/base")])
+    found = parents_of(trees.edges)
+    assert all(found[f"org/m{i}"] == "hidden/base" for i in range(8)), found
+
+
 def test_direction_rule_follows_declared_edges_that_flip_it():
     # continued pre-training: kurtosis rises along every declared edge
     parent = {"kurtosis": np.array([0.1, 0.2, 0.5]), "norm": np.array([1.0, 1.1, 1.0])}
