@@ -97,7 +97,10 @@ class ZooSpec:
     merged_steps: int = 100
     adapter_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     adapters_per_size: int = 4
-    adapter_epochs: int = 10
+    # Every adapter takes this many optimizer steps whatever its data size (a max_steps
+    # budget), so small sets are seen for more epochs; with a fixed number of epochs instead,
+    # steps would grow with size and the update's norm alone would give the size away.
+    adapter_steps: int = 80
 
     @classmethod
     def tiny(cls) -> ZooSpec:
@@ -111,7 +114,7 @@ class ZooSpec:
             archs=(small, small, deep), hidden_arch=small, children=2, grandchildren=1, seq_len=16,
             root_batch_size=16, root_steps=40, root_lr=1e-2, batch_size=8, ft_steps=10, ft_lr=1e-3,
             lora_rank=2, lora_alpha=4, lora_lr=1e-2, merged=3, merged_steps=10,
-            adapter_sizes=(8, 32), adapters_per_size=2, adapter_epochs=3,
+            adapter_sizes=(8, 32), adapters_per_size=2, adapter_steps=4,
         )
 
 
@@ -270,12 +273,13 @@ def _family_jobs(
 
 
 def _lora_jobs(spec: ZooSpec, seed: int, scale: int, rng: random.Random) -> list[Job]:
-    """The hidden base, merged LoRAs (fresh data) and adapters (exactly n samples, fixed epochs)."""
+    """The hidden base, merged LoRAs (fresh data) and adapters (exactly n samples, a fixed step budget)."""
     cfg = spec.hidden_arch
     jobs = [Job(HIDDEN_ID, HIDDEN_FAMILY, cfg, recipe=_pretraining(spec, seed, HIDDEN_FAMILY), published=False)]
     runs = [("merged_lora", spec.merged_steps * spec.batch_size, 1)] * (spec.merged * scale)
     for n in spec.adapter_sizes:
-        runs += [("adapter", n, spec.adapter_epochs)] * (spec.adapters_per_size * scale)
+        epochs = max(1, round(spec.adapter_steps * spec.batch_size / n))
+        runs += [("adapter", n, epochs)] * (spec.adapters_per_size * scale)
     for k, (relation, n_samples, epochs) in enumerate(runs):
         task = Task(TASK_KINDS[k % len(TASK_KINDS)], derive_seed(seed, HIDDEN_FAMILY, "lora", k))
         recipe = Recipe(task, n_samples, epochs, spec.batch_size, spec.lora_lr)
