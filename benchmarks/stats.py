@@ -6,7 +6,8 @@ One table from one run, on all-MiniLM-L6-v2's safetensors (a seeded synthetic mo
 same shapes if that package is absent, saying why):
 
 * agreement: max and median relative difference of alpha, log_norm, log_spectral_norm and
-  stable_rank over every matrix WeightWatcher analyses, and how many x_min agree;
+  stable_rank over every matrix WeightWatcher analyses, and how many x_min differ (a
+  different eigenvalue chosen) or moved (the same one, shifted by a float32 spectrum);
 * speed: ``WeightWatcher.analyze`` with everything hubtree does not do turned off (plots,
   randomization, MP fits) against ``batch_layer_stats`` on the same matrices, best of
   REPEATS interleaved runs (the machine may be shared), after one warm-up call each (the
@@ -33,6 +34,9 @@ from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_head
 REPEATS = 3
 METRICS = ("alpha", "log_norm", "log_spectral_norm", "stable_rank")
 MIN_EVALS = 8  # WeightWatcher skips matrices with fewer eigenvalues
+# x_min within this relative distance of WW's is the same eigenvalue: tall matrices' float32
+# spectra move each by < 1e-5 relative; neighbours in the fitted tail are further apart.
+XMIN_SAME = 1e-4
 
 
 def load_model() -> tuple[str, dict[str, torch.Tensor]]:
@@ -80,13 +84,16 @@ def seconds(fn) -> float:
 
 
 def agreement(ours: dict[str, LayerStats], theirs) -> list[tuple[str, str, str, str]]:
-    """Rows: per metric, max and median |ours - WW| / |WW| over all matrices; then x_min matches."""
+    """Rows: per metric, max and median |ours - WW| / |WW| over all matrices; then how many x_min differ."""
     rows = []
     for metric in METRICS:
         rel = [abs(getattr(s, metric) - theirs.loc[n, metric]) / abs(theirs.loc[n, metric]) for n, s in ours.items()]
         rows.append((f"{metric}: rel. diff vs WW", "", "", f"max {max(rel):.1e}, median {statistics.median(rel):.1e}"))
-    same = sum(np.isclose(s.xmin, theirs.loc[n, "xmin"], rtol=1e-6) for n, s in ours.items())
-    rows.append(("x_min identical to WW's", "", "", f"{same}/{len(ours)} layers"))
+    rel_xmin = [abs(s.xmin / theirs.loc[n, "xmin"] - 1) for n, s in ours.items()]
+    differ = sum(r > XMIN_SAME for r in rel_xmin)
+    moved = sum(1e-6 < r <= XMIN_SAME for r in rel_xmin)
+    rows.append(("x_min differing from WW's", "", "", f"{differ}/{len(ours)} layers "
+                 f"(+{moved} the same eigenvalue, moved by 1e-6 to {XMIN_SAME:g} by float32)"))
     return rows
 
 

@@ -24,13 +24,29 @@ Matching WeightWatcher 0.7.x (``analyze()`` defaults, checked against 0.7.7 on M
   WW 0.7.7 switches to a bias-corrected, penalised fit when fewer than 20 eigenvalues
   survive the 1e-5 cut; we keep the estimator above there, so tiny matrices can differ.
 
-Speed: the eigenvalues of all same-shaped matrices are computed at once, as
-``eigvalsh(W^T W)`` in float64 on the stacked batch: W^T W is formed in float64, so each
-lambda is exact to ~M eps64 lambda_max, far below the 1e-5 cut, and an (N x M) matrix costs
-2NM^2 + 4M^3/3 flops instead of an SVD's larger count; on a GPU the batch is one launch. The
-power-law fit is vectorised over every candidate x_min of every matrix of a batch. Moments
-take one fused float64 pass over each tensor's entries (``torch.compile`` on CPU), tiny
-tensors stacked into one eager pass.
+Speed and precision: the eigenvalues are those of W^T W (2NM^2 + 4M^3/3 flops for an
+(N x M) matrix, less than an SVD), computed batched over same-shaped matrices: one launch
+on a GPU, split over one Python thread per intra-op thread on a CPU (see ``_eigvalsh``). The precision is
+chosen per matrix so that every statistic is what float64 would give:
+
+* Square-ish matrices (N < 4M) are done in float64. W^T W of stored (at most float32)
+  values has exact products in float64, so each lambda is right to ~M eps64 lambda_max.
+  float32 would not do: its Gram and eigvalsh move every lambda by up to ~0.5 eps32
+  ||W||_F^2 (measured), 5e-6 to 4e-5 on MiniLM's 384 x 384 layers, whose smallest
+  eigenvalues lie at 1e-9 to 1e-5, i.e. across the 1e-5 cut and the numerical-rank
+  tolerance lambda_max (N eps32)^2 (1e-10 to 1e-7 there): their fits would still agree,
+  their numerical ranks would not.
+* Tall matrices (N >= 4M: embeddings, MLP weights) are tried in float32 first, at half the
+  Gram's cost, which these dominate (9 GFlop for a 30522 x 384 embedding). Their spectrum
+  is kept only where the smallest float32 eigenvalue exceeds 100 eps32 ||W||_F^2 and twice
+  both cuts, so each lambda is within ~0.5 % relative and the largest (the fitted tail,
+  lambda_max) within ~1e-6, and no lambda crosses a cut; the others are redone in float64.
+  On MiniLM all 13 tall matrices keep float32; alpha and x_min move by < 4e-6 relative
+  (the same eigenvalue is x_min), everything else by < 1e-6.
+
+The power-law fit is vectorised over every candidate x_min of every matrix of a batch.
+Moments take one fused float64 pass over each tensor's entries (``torch.compile`` on CPU),
+tiny tensors stacked into one eager pass.
 
 Matrices whose smaller side exceeds ``full_spectrum_max`` get only their top ``top_k``
 eigenvalues (``torch.svd_lowrank``); ``spectrum`` then reads ``"truncated:<k>"``, the power
@@ -42,9 +58,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+
+from hubtree.ops.torch_threads import intra_op_threads
 
 # Eigenvalues at or below this are dropped before the power-law fit (WW's EVALS_THRESH).
 EVAL_FLOOR = 1e-5
@@ -61,10 +80,17 @@ RANK_EPS = float(torch.finfo(torch.float32).eps)
 _MOMENT_CHUNK = 1 << 22
 _COMPILED_MIN_NUMEL = 1 << 12
 
-# Scratch memory bounds: float64 bytes of stacked matrices per Gram batch, and entries of
+# Scratch memory bounds: float64 bytes of M x M Grams per eigenvalue batch, and entries of
 # the (matrices x candidates x eigenvalues) block of the KS search.
 _GRAM_BATCH_BYTES = 1 << 28
 _KS_BLOCK_ENTRIES = 1 << 18
+
+# (N x M) slices with N >= this * M get float32 spectra first: Marchenko-Pastur puts the
+# smallest eigenvalue of such a matrix near (1 - sqrt(M / N))^2 >= 1/4 of the typical one,
+# far above float32's resolution. A float32 spectrum is kept only where its smallest
+# eigenvalue exceeds this many eps32 ||W||_F^2 (see _float32_suffices).
+_FLOAT32_MIN_ASPECT = 4
+_FLOAT32_MARGIN = 100
 
 # Extra random directions for the randomized SVD of truncated spectra.
 _LOWRANK_OVERSAMPLE = 16
@@ -335,24 +361,86 @@ def _spectra(
 
 
 def _gram_eigenvalues(slice_sets: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Pooled, sorted eigenvalues of W^T W for each set of (N x M) slices, one batched eigvalsh per batch.
-
-    lambda_i(W^T W) = s_i(W)^2; W^T W is formed in float64 from the stored values, whose
-    products are exact in float64, so the lambdas carry only eigvalsh's ~M eps64 lambda_max error.
-    """
-    n_rows, n_cols = slice_sets[0].shape[1:]
-    per_batch = max(1, _GRAM_BATCH_BYTES // (8 * n_rows * n_cols))
+    """Pooled, sorted eigenvalues of W^T W for each set of (N x M) slices, in batches of bounded memory."""
     flat = [s for slices in slice_sets for s in slices]
-    eigs = []
-    for b0 in range(0, len(flat), per_batch):
-        chunk = flat[b0 : b0 + per_batch]
-        stacked = torch.empty((len(chunk), n_rows, n_cols), dtype=torch.float64, device=device)
-        for dst, src in zip(stacked, chunk):
-            dst.copy_(src)
-        eigs.append(torch.linalg.eigvalsh(stacked.mT @ stacked).clamp_min_(0).cpu())
-    per_slice = torch.cat(eigs)
+    n_cols = flat[0].shape[1]
+    per_batch = max(1, _GRAM_BATCH_BYTES // (8 * n_cols * n_cols))
+    batches = [flat[b0 : b0 + per_batch] for b0 in range(0, len(flat), per_batch)]
+    per_slice = torch.cat([_eigenvalues(batch, device) for batch in batches])
     counts = [len(slices) for slices in slice_sets]
     return [part.reshape(-1).sort().values for part in per_slice.split(counts)]
+
+
+def _eigenvalues(slices: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(slices x M) float64 eigenvalues of each W^T W, ascending, >= 0, on CPU.
+
+    Tall slices (N >= _FLOAT32_MIN_ASPECT M) go through float32 first, and keep that
+    spectrum where _float32_suffices says so; the rest, and square-ish slices from the
+    start, are done in float64. Square trained matrices nearly always need float64 (their
+    smallest eigenvalues sit below float32's resolution), so trying float32 on them would
+    only add work.
+    """
+    n_rows, n_cols = slices[0].shape
+    eigs = torch.empty((len(slices), n_cols), dtype=torch.float64, device=device)
+    redo = list(range(len(slices)))
+    if n_rows >= _FLOAT32_MIN_ASPECT * n_cols:
+        grams = _grams(slices, torch.float32, device)
+        eigs.copy_(_eigvalsh(grams))
+        traces = grams.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64)
+        redo = (~_float32_suffices(eigs, traces, n_rows)).nonzero().flatten().tolist()
+    if redo:
+        eigs[redo] = _eigvalsh(_grams([slices[i] for i in redo], torch.float64, device))
+    return eigs.clamp_min_(0).cpu()
+
+
+def _grams(slices: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(slices x M x M) W^T W in ``dtype``, one matmul per slice: no stacked copy of the slices.
+
+    In float64 the products of stored (at most float32) values are exact, so the Gram
+    carries only the summation's ~N eps64 relative error. (numpy's A.T @ A, which calls
+    BLAS syrk at half the flops, was no faster end to end on a busy 2-core machine: its
+    OpenBLAS threads and torch's OpenMP team then compete for the cores.)
+    """
+    n_cols = slices[0].shape[1]
+    out = torch.empty((len(slices), n_cols, n_cols), dtype=dtype, device=device)
+    for dst, s in zip(out, slices):
+        w = s.detach().to(device=device, dtype=dtype)
+        torch.matmul(w.mT, w, out=dst)
+    return out
+
+
+def _float32_suffices(eigs: torch.Tensor, traces: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Per slice: do float32 eigenvalues give the same statistics as float64 ones would?
+
+    The float32 Gram and eigvalsh move each eigenvalue by about eps32 ||W||_F^2 (measured:
+    at most 0.52 eps32 ||W||_F^2 on MiniLM's 39 matrices and on Student-t ones, N = 200 to
+    30522), an absolute error. So the smallest eigenvalue must exceed
+    _FLOAT32_MARGIN eps32 ||W||_F^2 (every eigenvalue then within ~0.5 % relative, the tail
+    that the power law is fitted to far closer), and twice each cut applied to the spectrum
+    (the 1e-5 floor, also under the conv scale of 1/2, and the numerical-rank tolerance
+    lambda_max (N eps32)^2), so that no eigenvalue can land on the other side of a cut.
+    """
+    smallest = eigs[:, 0]
+    rank_cut = eigs[:, -1] * (n_rows * RANK_EPS) ** 2
+    cut = rank_cut.clamp_min(EVAL_FLOOR / CONV_EIGENVALUE_SCALE)
+    return (smallest > _FLOAT32_MARGIN * RANK_EPS * traces) & (smallest > 2 * cut)
+
+
+def _eigvalsh(grams: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.eigvalsh of a batch; on CPU split over one Python thread per intra-op thread.
+
+    LAPACK's eigvalsh of a few-hundred-square matrix barely gains from more threads (the
+    tridiagonal reduction is memory-bound BLAS-2), but independent matrices on separate
+    threads do: on 2 cores, 39 MiniLM Grams (float32) took 115-150 ms this way against
+    180-240 ms as one batched call. Each worker runs with one intra-op thread, so the
+    workers do not oversubscribe the cores, and none waits at an OpenMP barrier for a
+    thread the OS has descheduled. On a GPU the batch stays one launch.
+    """
+    workers = min(torch.get_num_threads(), len(grams))
+    if grams.device.type != "cpu" or workers < 2:
+        return torch.linalg.eigvalsh(grams)
+    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+        return torch.cat(list(pool.map(torch.linalg.eigvalsh, grams.tensor_split(workers))))
 
 
 def _top_eigenvalues(slices: torch.Tensor, top_k: int) -> torch.Tensor:

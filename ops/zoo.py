@@ -28,8 +28,6 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -40,6 +38,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from hubtree.ops.torch_threads import intra_op_threads
 from hubtree.ops.zoo_model import (
     TASK_KINDS,
     LoRALinear,
@@ -436,23 +435,6 @@ def write_adapter_repo(repo: Path, job: Job, spec: ZooSpec, tensors: Weights, ca
 # ----------------------------------------------------------------------------- build
 
 
-@contextmanager
-def single_thread_torch() -> Iterator[None]:
-    """Train on one intra-op thread, restoring the caller's setting on exit.
-
-    One thread fixes the order of every float reduction, so the same seed gives the same
-    bytes on any machine whatever its core count. It is also the fast choice here: the
-    matrices are too small to split, and on a busy 2-core machine two spinning OpenMP
-    threads ran a root's training 6-15x slower than one.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def build_zoo(
     out: Path, seed: int = 0, scale: int = 1, progress: bool = True, spec: ZooSpec | None = None
 ) -> ZooTruth:
@@ -476,7 +458,11 @@ def build_zoo(
     jobs = plan_zoo(spec, seed, scale)
     weights: dict[str | None, Weights] = {}  # full weights of every model made so far
     logs: dict[str, TrainLog | None] = {}
-    with single_thread_torch():
+    # One thread fixes the order of every float reduction, so the same seed gives the same
+    # bytes on any machine whatever its core count. It is also the fast choice here: the
+    # matrices are too small to split, and on a busy 2-core machine two spinning OpenMP
+    # threads ran a root's training 6-15x slower than one.
+    with intra_op_threads(1):
         for job in tqdm(jobs, desc="zoo", unit="model", disable=not progress):
             tensors, logs[job.repo_id] = _make(job, weights.get(job.parent), spec, seed)
             card = model_card(job, seed, spec.lora_rank)

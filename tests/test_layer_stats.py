@@ -138,6 +138,43 @@ def test_batch_equals_one_at_a_time_and_keeps_order():
                 assert value == expected, (name, field)
 
 
+def _float64_only(monkeypatch) -> None:
+    """Route every matrix through the float64 spectrum, the reference for the float32 one."""
+    monkeypatch.setattr(ls, "_FLOAT32_MIN_ASPECT", math.inf)
+
+
+def test_float32_spectra_of_tall_matrices_give_the_float64_statistics(monkeypatch):
+    tall = _heavy_tailed(2000, 200, seed=16)  # N = 10 M: float32 first, and it suffices
+    fast = layer_stats(tall)
+    _float64_only(monkeypatch)
+    exact = layer_stats(tall)
+    assert fast.xmin == pytest.approx(exact.xmin, rel=1e-4)  # the same eigenvalue, moved < 1e-4
+    assert fast.alpha == pytest.approx(exact.alpha, rel=1e-4)
+    for field in ("spectral_norm", "stable_rank", "log_spectral_norm", "entropy_effective_rank"):
+        assert getattr(fast, field) == pytest.approx(getattr(exact, field), rel=1e-6), field
+    assert fast.numerical_rank == exact.numerical_rank == 200
+
+
+def test_float32_spectra_below_float32_resolution_are_redone_in_float64():
+    g = _generator(17)
+    low_rank = torch.randn(1000, 12, generator=g) @ torch.randn(12, 90, generator=g)  # tall, rank 12
+    grams = ls._grams([low_rank], torch.float32, torch.device("cpu"))
+    eigs = torch.linalg.eigvalsh(grams).double()
+    traces = grams.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64)
+    assert not ls._float32_suffices(eigs, traces, n_rows=1000).any()
+    s = layer_stats(low_rank)
+    assert s.numerical_rank == np.linalg.matrix_rank(low_rank.numpy()) == 12
+
+
+def test_threaded_eigvalsh_matches_one_batched_call_and_restores_the_thread_count():
+    w = torch.randn(5, 64, 48, generator=_generator(18), dtype=torch.float64)
+    grams = w.mT @ w
+    torch.set_num_threads(2)  # the module fixture restores 1 afterwards
+    threaded = ls._eigvalsh(grams)
+    assert torch.get_num_threads() == 2
+    torch.testing.assert_close(threaded, torch.linalg.eigvalsh(grams), rtol=1e-12, atol=1e-12)
+
+
 def test_power_law_fit_recovers_a_known_exponent_for_every_row():
     rng = np.random.default_rng(13)
     alphas = [2.0, 3.0, 4.5]
@@ -191,12 +228,16 @@ def _ww_details(ww, layers: dict[str, torch.Tensor]):
 
 
 def _assert_agree(ours: dict[str, ls.LayerStats], theirs, report: list[str]) -> None:
-    """1 % on every metric; alpha within 5 % where the fits chose different x_min (reported)."""
+    """1 % on every metric; alpha within 5 % where the fits chose different x_min (reported).
+
+    x_min within 1e-4 relative is the same eigenvalue: float32 spectra (tall matrices) move
+    it by < 1e-5, neighbours in a fitted tail are further apart.
+    """
     for name, s in ours.items():
         row = theirs.loc[name]
         for metric in SPECTRAL:
             rel = 0.01
-            if metric == "alpha" and not math.isclose(s.xmin, row["xmin"], rel_tol=1e-6):
+            if metric == "alpha" and not math.isclose(s.xmin, row["xmin"], rel_tol=1e-4):
                 rel = 0.05
                 report.append(f"{name}: x_min {s.xmin:.4g} vs WW {row['xmin']:.4g}, "
                               f"alpha {s.alpha:.4f} vs {row['alpha']:.4f}")
@@ -207,6 +248,7 @@ def test_spectral_metrics_match_weightwatcher(weightwatcher):
     layers = {
         "square": _heavy_tailed(256, 256, seed=20),
         "tall": _heavy_tailed(600, 200, seed=21),
+        "very_tall": _heavy_tailed(1000, 200, seed=25),  # float32 spectrum (N >= 4 M)
         "wide": _heavy_tailed(150, 500, seed=22),
         "gaussian": torch.randn(300, 120, generator=_generator(23)) / 11,
         "conv": torch.from_numpy(scipy.stats.t.rvs(df=3, size=(64, 32, 3, 3), random_state=24) / 17).float(),
