@@ -21,7 +21,8 @@ import io
 import posixpath
 import re
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -102,6 +103,7 @@ class GroupPlan:
     layers: list[str]
     shapes: dict[str, tuple]  # layer -> (m, d)
     base: RepoLoc | None  # the base itself, when it is in the lake (for W-Error)
+    excluded: dict[str, str] = field(default_factory=dict)  # declaring repo left out -> why
 
 
 @dataclass
@@ -170,7 +172,7 @@ def plan_groups(lake: Lake, layers: str | None) -> list[GroupPlan]:
     undeclared = [r for r in sorted(locs) if r not in declares]
     plans = []
     for base_repo, children in sorted(parents.items()):
-        members = sorted(children)
+        members, excluded = _one_architecture(sorted(children), shapes)
         common = set(shapes[members[0]].items())
         for m in members[1:]:
             common &= set(shapes[m].items())
@@ -183,8 +185,22 @@ def plan_groups(lake: Lake, layers: str | None) -> list[GroupPlan]:
         base = locs.get(base_repo)
         if base and not all(shapes[base_repo].get(n) == s for n, s in sig.items()):
             base = None
-        plans.append(GroupPlan(base_repo, [locs[m] for m in members], candidates, names, sig, base))
+        plans.append(GroupPlan(base_repo, [locs[m] for m in members], candidates, names, sig, base, excluded))
     return plans
+
+
+def _one_architecture(children: list[str], shapes: Mapping[str, Mapping[str, tuple]]) -> tuple[list[str], dict[str, str]]:
+    """The declaring repos that have every layer of the most common architecture among them, and the rest with why.
+
+    One model of another architecture that names the same base (a card's mistake, or a
+    distillation) must not empty the layers the others share; it is left out, and said so.
+    Ties go to the architecture with more layers, then to the first repo's in id order.
+    """
+    counts = Counter(frozenset(shapes[c].items()) for c in children)
+    layout = max(counts, key=lambda sig: (counts[sig], len(sig)))
+    keep = [c for c in children if layout <= set(shapes[c].items())]
+    why = "has other tensor names or shapes than the other models declaring this base"
+    return keep, {c: why for c in children if c not in keep}
 
 
 # ----------------------------------------------------------------------------- work
@@ -325,6 +341,8 @@ def lora_flow(
         units = []
         for check in checks:
             sources = [m.repo_id for m in check.members] or [m.repo_id for m in check.plan.members]
+            if check.plan.excluded:
+                logger.info("%s: left out %s", check.plan.base_repo, "; ".join(f"{r} ({why})" for r, why in check.plan.excluded.items()))
             if check.problem:
                 summary["low"] += 1
                 for name in sorted(check.layers) or ["*"]:

@@ -13,6 +13,7 @@ from hubtree.ops.spectral_detuning import w_error
 from hubtree.ops.zoo import ZooSpec, build_zoo, load_truth
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.lora import dsire_fit_flow, dsire_predict_flow, lora_flow
+from tests.hubs import add_repo, tiny_weights
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,18 @@ def test_dsire_fit_on_half_predicts_the_other_half(zoo_lake, tmp_path):
     assert mae < np.abs(sizes - sizes.mean()).mean()
     spectra = Lake(lake).query("SELECT count(DISTINCT repo_id) AS n FROM lora_spectra").to_pylist()
     assert spectra == [{"n": len(truth.lora.adapters)}]
+
+
+def test_a_model_of_another_shape_declaring_the_base_is_not_a_source(zoo_lake, tmp_path):
+    out, truth, _ = zoo_lake
+    (base_repo,) = truth.hidden_bases
+    hub = tmp_path / "hub"
+    for repo in truth.lora.merged:
+        shutil.copytree(out / "hub" / repo, hub / repo)
+    add_repo(hub, "odd/other-arch", card=f"base_model: {base_repo}\n", weights=tiny_weights(1, d=8))
+    lake = str(tmp_path / "lake")
+    crawl_flow(hub=str(hub), lake=lake, progress=False)
+    lora_flow(lake=lake, progress=False)
+    rows = Lake(lake).query("SELECT * FROM lora_recoveries WHERE base_repo = ?", [base_repo]).to_pylist()
+    assert rows and all(r["confidence"] == "ok" for r in rows)  # the odd model does not spoil the set
+    assert all(sorted(r["sources"]) == sorted(truth.lora.merged) for r in rows)
