@@ -171,7 +171,10 @@ def mother_tree(
     m = len(x)
     drift, parent = np.zeros(x.shape[1]), None
     for _ in range(rounds):
-        p, c, d = _candidates(x, x - steps[:, None] * drift, created_at, can_parent, forced, k)
+        queries = x - steps[:, None] * drift
+        p, c, d = _candidates(x, queries, created_at, can_parent, forced, k)
+        if parent is not None and placeholders is not None:
+            d = _leave_one_out(x, queries, parent, placeholders, p, c, d)
         if len(p) == 0:
             return FamilyTree(np.full(m, -1), np.full(m, np.nan))
         s = _typical_step(c, d, m)
@@ -187,6 +190,24 @@ def mother_tree(
             x = _recentre(x, parent, np.nonzero(placeholders)[0])
         drift = _mean_step(x, parent, steps)
     return FamilyTree(parent, _margins(m, c, cost, edge, forced, s))
+
+
+def _leave_one_out(x, queries, parent, placeholders, p, c, d) -> np.ndarray:
+    """Distances to a placeholder from its own children, measured to the mean of its *other* children.
+
+    A placeholder sits at its children's mean, so each child pulls it closer to itself; a
+    wrong child (a grandchild that tied with its true parent in the first round) would keep
+    itself there. Without its own pull, such a child is a full step further away.
+    """
+    n_children = np.bincount(parent[parent >= 0], minlength=len(x))
+    own = np.nonzero(placeholders[p] & (parent[c] == p) & (n_children[p] > 1))[0]
+    if len(own) == 0:
+        return d
+    g, ch, n = p[own], c[own], n_children[p[own]][:, None]
+    others = (n * x[g].astype(np.float64) - x[ch]) / (n - 1)
+    d = d.copy()
+    d[own] = np.linalg.norm(queries[ch] - others, axis=1)
+    return d
 
 
 def _recentre(x: np.ndarray, parent: np.ndarray, movable: np.ndarray) -> np.ndarray:
