@@ -166,7 +166,8 @@ def mother_tree(
         k: candidate parents per child; lam: MoTHer's lambda; beta: weight of the turn;
         rounds: at most this many trees (it stops early once the tree repeats).
         placeholders: members without weights (missing declared parents), placed at their
-            children's mean: given, then re-placed at the mean of their children in each tree.
+            children's mean: given, then re-placed at the mean of their children in each
+            tree, and seen from each of those children as the mean of the others.
     """
     m = len(x)
     drift, parent = np.zeros(x.shape[1]), None
@@ -192,7 +193,10 @@ def mother_tree(
     return FamilyTree(parent, _margins(m, c, cost, edge, forced, s))
 
 
-def _leave_one_out(x, queries, parent, placeholders, p, c, d) -> np.ndarray:
+def _leave_one_out(
+    x: np.ndarray, queries: np.ndarray, parent: np.ndarray, placeholders: np.ndarray,
+    p: np.ndarray, c: np.ndarray, d: np.ndarray,
+) -> np.ndarray:
     """Distances to a placeholder from its own children, measured to the mean of its *other* children.
 
     A placeholder sits at its children's mean, so each child pulls it closer to itself; a
