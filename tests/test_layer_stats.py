@@ -13,6 +13,7 @@ import torch
 from hubtree.ops import layer_stats as ls
 from hubtree.ops.layer_stats import batch_layer_stats, fit_power_law, layer_stats
 from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.torch_threads import intra_op_threads
 
 SPECTRAL = ("alpha", "log_norm", "log_spectral_norm", "stable_rank")
 
@@ -21,10 +22,8 @@ SPECTRAL = ("alpha", "log_norm", "log_spectral_norm", "stable_rank")
 def one_torch_thread():
     """One intra-op thread while these tests run: on a busy 2-core box, a 2-thread OpenMP team
     waits on its descheduled thread at every op (eigvalsh ran 20x slower); results are unchanged."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with intra_op_threads(1):
+        yield
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -12,16 +12,15 @@ from hubtree.errors import ShapeMismatchError, TooFewMergesError
 from hubtree.ops.lora_sets import check_attack_set, classify_layers, estimate_lora_rank, low_rank_layers
 from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.spectral_detuning import paper_spectral_detuning, spectral_detuning, spectral_detuning_batch, w_error
+from hubtree.ops.torch_threads import intra_op_threads
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     """These matrices are tiny: a second OpenMP thread only adds barriers, which spin for whole
     time slices when another process holds the core (measured 60x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(1):
+        yield
 
 
 def lora_merges(n: int, m: int, d: int, r: int, seed: int = 0, scale: float = 0.02) -> tuple[Tensor, Tensor]:
