@@ -90,12 +90,14 @@ def detuning_rows(zoo: Path, truth: ZooTruth) -> list[Row]:
 def dsire_rows(zoos: list[Path]) -> list[Row]:
     """(b) Leave-one-out within each zoo's adapters (each predicted by a fit on the others), pooled over zoos."""
     errors: dict[str, list[np.ndarray]] = {"dsire": [], "frobenius": []}
-    per_zoo = []
+    per_zoo, all_sizes, steps = [], set(), set()
     for zoo in zoos:
         truth = load_truth(zoo / "truth.json")
         repos = sorted(truth.lora.adapters)
         features = [adapter_spectra(read_state(zoo / "hub" / repo / "adapter_model.safetensors")) for repo in repos]
         sizes = np.array([truth.lora.adapters[repo] for repo in repos])
+        all_sizes |= set(sizes.tolist())
+        steps |= {truth.models[repo].train.steps for repo in repos}
         ours, base = np.empty_like(sizes), np.empty_like(sizes)
         for i in range(len(repos)):
             train = [f for j, f in enumerate(features) if j != i]
@@ -106,7 +108,7 @@ def dsire_rows(zoos: list[Path]) -> list[Row]:
         errors["frobenius"].append(base - sizes)
         per_zoo.append(f"seed {truth.seed}: {np.abs(ours - sizes).mean():.1f} vs {np.abs(base - sizes).mean():.1f}")
     dsire, frob = np.concatenate(errors["dsire"]), np.concatenate(errors["frobenius"])
-    setting = f"{len(dsire)} adapters in {len(zoos)} zoo(s), sizes {sorted(set(sizes.tolist()))}, {ZooSpec().adapter_steps} steps each"
+    setting = f"{len(dsire)} adapters in {len(zoos)} zoo(s), sizes {sorted(all_sizes)}, trained {'/'.join(map(str, sorted(steps)))} steps"
     return [
         Row("(b)", "DSiRe MAE (samples)", f"{np.abs(dsire).mean():.1f}", f"{np.abs(frob).mean():.1f} Frobenius 1-NN", setting),
         Row("(b)", "DSiRe MAE per zoo", "", "", "; ".join(per_zoo)),
