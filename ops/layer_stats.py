@@ -25,9 +25,10 @@ Matching WeightWatcher 0.7.x (``analyze()`` defaults, checked against 0.7.7 on M
   survive the 1e-5 cut; we keep the estimator above there, so tiny matrices can differ.
 
 Speed and precision: the eigenvalues are those of W^T W (2NM^2 + 4M^3/3 flops for an
-(N x M) matrix, less than an SVD), computed batched over same-shaped matrices: one launch
-on a GPU, split over one Python thread per intra-op thread on a CPU (see ``_eigvalsh``). The precision is
-chosen per matrix so that every statistic is what float64 would give:
+(N x M) matrix, less than an SVD): on a GPU batched over same-shaped matrices, one launch
+per batch; on a CPU one matrix per task, on one Python thread per intra-op thread (see
+``_eigenvalues_by_thread``). The precision is chosen per matrix so that every statistic is
+what float64 would give:
 
 * Square-ish matrices (N < 4M) are done in float64. W^T W of stored (at most float32)
   values has exact products in float64, so each lambda is right to ~M eps64 lambda_max.
@@ -56,6 +57,7 @@ law is fitted to that top of the spectrum, ``log_norm`` and ``stable_rank`` stay
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -341,34 +343,62 @@ def _slices(w: torch.Tensor) -> torch.Tensor:
 def _spectra(
     matrices: dict[str, torch.Tensor], device: torch.device, full_spectrum_max: int, top_k: int
 ) -> dict[str, _Spectrum]:
-    """Eigenvalues of every matrix: exact and batched by shape, or the top ``top_k`` of large ones."""
-    groups: dict[tuple[int, int], list[str]] = {}
+    """Eigenvalues of every matrix: the whole spectrum, or the top ``top_k`` of large ones."""
+    full: dict[str, torch.Tensor] = {}
     out: dict[str, _Spectrum] = {}
     for name, w in matrices.items():
         slices = _slices(w)
-        scale = 1.0 if w.ndim == 2 else CONV_EIGENVALUE_SCALE
         if slices.shape[2] <= full_spectrum_max:
-            groups.setdefault(tuple(slices.shape[1:]), []).append(name)
+            full[name] = slices
         else:
-            eigs = _top_eigenvalues(slices.to(device), top_k)
-            out[name] = _Spectrum(eigs, False, scale, slices.shape[1])
-    for (long_side, _), names in groups.items():
-        eigs = _gram_eigenvalues([_slices(matrices[name]) for name in names], device)
-        for name, e in zip(names, eigs):
-            scale = 1.0 if matrices[name].ndim == 2 else CONV_EIGENVALUE_SCALE
-            out[name] = _Spectrum(e, True, scale, long_side)
+            out[name] = _Spectrum(_top_eigenvalues(slices.to(device), top_k), False, _scale(w), slices.shape[1])
+    flat = [s for slices in full.values() for s in slices]
+    per_slice = _eigenvalues_by_thread(flat) if device.type == "cpu" else _eigenvalues_by_batch(flat, device)
+    starts = itertools.accumulate((len(slices) for slices in full.values()), initial=0)
+    for (name, slices), start in zip(full.items(), starts):
+        eigs = torch.cat(per_slice[start : start + len(slices)]).sort().values
+        out[name] = _Spectrum(eigs, True, _scale(matrices[name]), slices.shape[1])
     return out
 
 
-def _gram_eigenvalues(slice_sets: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Pooled, sorted eigenvalues of W^T W for each set of (N x M) slices, in batches of bounded memory."""
-    flat = [s for slices in slice_sets for s in slices]
-    n_cols = flat[0].shape[1]
-    per_batch = max(1, _GRAM_BATCH_BYTES // (8 * n_cols * n_cols))
-    batches = [flat[b0 : b0 + per_batch] for b0 in range(0, len(flat), per_batch)]
-    per_slice = torch.cat([_eigenvalues(batch, device) for batch in batches])
-    counts = [len(slices) for slices in slice_sets]
-    return [part.reshape(-1).sort().values for part in per_slice.split(counts)]
+def _scale(w: torch.Tensor) -> float:
+    """WW's eigenvalue normalisation of this tensor: 1 for a matrix, 1/2 for a conv kernel."""
+    return 1.0 if w.ndim == 2 else CONV_EIGENVALUE_SCALE
+
+
+def _eigenvalues_by_batch(slices: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Eigenvalues of each slice's W^T W, same-shaped slices batched (one launch each on a GPU)."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(slices):
+        by_shape.setdefault(tuple(s.shape), []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(slices)
+    for (_, n_cols), members in by_shape.items():
+        per_batch = max(1, _GRAM_BATCH_BYTES // (8 * n_cols * n_cols))
+        for b0 in range(0, len(members), per_batch):
+            batch = members[b0 : b0 + per_batch]
+            for i, eigs in zip(batch, _eigenvalues([slices[i] for i in batch], device)):
+                out[i] = eigs
+    return out
+
+
+def _eigenvalues_by_thread(slices: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Eigenvalues of each slice's W^T W on the CPU: one task per slice, on one Python thread per intra-op thread.
+
+    LAPACK's eigvalsh of a few-hundred-square matrix barely gains from more threads (the
+    tridiagonal reduction is memory-bound BLAS-2), and a Gram of a few hundred columns
+    little more, but independent matrices on separate threads do: each worker runs with
+    one intra-op thread, so workers do not oversubscribe the cores and none waits at an
+    OpenMP barrier for a thread the OS has descheduled. The largest Grams go first, so no
+    worker is left with one at the end. On all-MiniLM-L6-v2 (2 cores) this took 245-265 ms
+    against 290-310 ms for Grams computed with both threads and eigvalsh split after them.
+    (numpy's OpenBLAS eigvalsh is faster per call on that AMD CPU, 5.0 against 7.5 ms in
+    float64, but holds the GIL, and OpenBLAS and torch threads in one pool slow each other.)
+    """
+    workers = max(1, min(torch.get_num_threads(), len(slices)))
+    order = sorted(range(len(slices)), key=lambda i: -slices[i].shape[0] * slices[i].shape[1] ** 2)
+    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+        done = dict(zip(order, pool.map(lambda i: _eigenvalues([slices[i]], torch.device("cpu"))[0], order)))
+    return [done[i] for i in range(len(slices))]
 
 
 def _eigenvalues(slices: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -385,11 +415,11 @@ def _eigenvalues(slices: list[torch.Tensor], device: torch.device) -> torch.Tens
     redo = list(range(len(slices)))
     if n_rows >= _FLOAT32_MIN_ASPECT * n_cols:
         grams = _grams(slices, torch.float32, device)
-        eigs.copy_(_eigvalsh(grams))
+        eigs.copy_(torch.linalg.eigvalsh(grams))
         traces = grams.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64)
         redo = (~_float32_suffices(eigs, traces, n_rows)).nonzero().flatten().tolist()
     if redo:
-        eigs[redo] = _eigvalsh(_grams([slices[i] for i in redo], torch.float64, device))
+        eigs[redo] = torch.linalg.eigvalsh(_grams([slices[i] for i in redo], torch.float64, device))
     return eigs.clamp_min_(0).cpu()
 
 
@@ -424,23 +454,6 @@ def _float32_suffices(eigs: torch.Tensor, traces: torch.Tensor, n_rows: int) -> 
     rank_cut = eigs[:, -1] * (n_rows * RANK_EPS) ** 2
     cut = rank_cut.clamp_min(EVAL_FLOOR / CONV_EIGENVALUE_SCALE)
     return (smallest > _FLOAT32_MARGIN * RANK_EPS * traces) & (smallest > 2 * cut)
-
-
-def _eigvalsh(grams: torch.Tensor) -> torch.Tensor:
-    """torch.linalg.eigvalsh of a batch; on CPU split over one Python thread per intra-op thread.
-
-    LAPACK's eigvalsh of a few-hundred-square matrix barely gains from more threads (the
-    tridiagonal reduction is memory-bound BLAS-2), but independent matrices on separate
-    threads do: on 2 cores, 39 MiniLM Grams (float32) took 115-150 ms this way against
-    180-240 ms as one batched call. Each worker runs with one intra-op thread, so the
-    workers do not oversubscribe the cores, and none waits at an OpenMP barrier for a
-    thread the OS has descheduled. On a GPU the batch stays one launch.
-    """
-    workers = min(torch.get_num_threads(), len(grams))
-    if grams.device.type != "cpu" or workers < 2:
-        return torch.linalg.eigvalsh(grams)
-    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-        return torch.cat(list(pool.map(torch.linalg.eigvalsh, grams.tensor_split(workers))))
 
 
 def _top_eigenvalues(slices: torch.Tensor, top_k: int) -> torch.Tensor:

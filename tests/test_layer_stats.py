@@ -165,13 +165,17 @@ def test_float32_spectra_below_float32_resolution_are_redone_in_float64():
     assert s.numerical_rank == np.linalg.matrix_rank(low_rank.numpy()) == 12
 
 
-def test_threaded_eigvalsh_matches_one_batched_call_and_restores_the_thread_count():
-    w = torch.randn(5, 64, 48, generator=_generator(18), dtype=torch.float64)
-    grams = w.mT @ w
+def test_cpu_threads_and_gpu_style_batches_give_the_same_spectra_and_restore_the_thread_count():
+    g = _generator(18)
+    slices = [torch.randn(64, 48, generator=g) for _ in range(3)] + [torch.randn(400, 40, generator=g)]
     torch.set_num_threads(2)  # the module fixture restores 1 afterwards
-    threaded = ls._eigvalsh(grams)
+    threaded = ls._eigenvalues_by_thread(slices)
     assert torch.get_num_threads() == 2
-    torch.testing.assert_close(threaded, torch.linalg.eigvalsh(grams), rtol=1e-12, atol=1e-12)
+    batched = ls._eigenvalues_by_batch(slices, torch.device("cpu"))
+    for ours, theirs, s in zip(threaded, batched, slices):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+        exact = torch.linalg.eigvalsh(s.double().mT @ s.double())
+        torch.testing.assert_close(ours, exact.clamp_min(0), rtol=1e-4, atol=1e-6)
 
 
 def test_power_law_fit_recovers_a_known_exponent_for_every_row():
