@@ -30,7 +30,7 @@ def main() -> None:
 
     from hubtree.hub_server import running
     from hubtree.lake import Lake
-    from hubtree.ops.zoo import build_zoo
+    from hubtree.ops.zoo.build import build_zoo
     from hubtree.pipelines.crawl import crawl_flow
     from hubtree.pipelines.ray_runtime import ensure_ray
 

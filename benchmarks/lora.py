@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hubtree.ops.dsire import DsireModel, adapter_spectra, frobenius_nn_baseline
-from hubtree.ops.lora_sets import check_attack_set
-from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
-from hubtree.ops.spectral_detuning import SvdLowrankStep, paper_spectral_detuning, spectral_detuning, spectral_detuning_batch, w_error
-from hubtree.ops.zoo import ZooSpec, ZooTruth, build_zoo, load_truth
+from hubtree.ops.lora.dsire import DsireModel, adapter_spectra, frobenius_nn_baseline
+from hubtree.ops.lora.attack_sets import check_attack_set
+from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.lora.spectral_detuning import SvdLowrankStep, paper_spectral_detuning, spectral_detuning, spectral_detuning_batch, w_error
+from hubtree.ops.zoo.build import ZooSpec, ZooTruth, build_zoo, load_truth
 
 T = TypeVar("T")
 

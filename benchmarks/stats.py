@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from hubtree.errors import FileUnreadableError
-from hubtree.ops.layer_stats import LayerStats, batch_layer_stats
-from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.weights.layer_stats import LayerStats, batch_layer_stats
+from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 
 REPEATS = 3
 METRICS = ("alpha", "log_norm", "log_spectral_norm", "stable_rank")

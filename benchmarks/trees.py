@@ -31,15 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hubtree.ops.catalog import catalog_repo
-from hubtree.ops.families import architecture_signature, distance_vector, output_projections, square_attention_layers
-from hubtree.ops.layer_stats import layer_stats
-from hubtree.ops.local_hub import LocalHub
-from hubtree.ops.mother import Models, TreeEdge, TreeScores, TrueTree, evaluate, plain_mother, recover_trees
-from hubtree.ops.safetensors_reader import as_float_tensor, read_tensor
-from hubtree.ops.sketch import sketch
-from hubtree.ops.tree_priors import DeclaredRow
-from hubtree.ops.zoo import ZooSpec, build_zoo, load_truth
+from hubtree.ops.hub.catalog import catalog_repo
+from hubtree.ops.trees.families import architecture_signature, distance_vector, output_projections, square_attention_layers
+from hubtree.ops.weights.layer_stats import layer_stats
+from hubtree.ops.hub.local import LocalHub
+from hubtree.ops.trees.mother import Models, TreeEdge, TreeScores, TrueTree, evaluate, plain_mother, recover_trees
+from hubtree.ops.weights.safetensors_reader import as_float_tensor, read_tensor
+from hubtree.ops.weights.sketch import sketch
+from hubtree.ops.trees.priors import DeclaredRow
+from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
 
 ZOO_SEEDS = (11, 12)
 SIZES = (1_000, 10_000, 100_000)

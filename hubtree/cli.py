@@ -56,7 +56,7 @@ def zoo(out: Path, seed: int, scale: int) -> None:
     and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
     families, the hidden base, adapters' dataset sizes), which is never inside the hub.
     """
-    from hubtree.ops.zoo import build_zoo
+    from hubtree.ops.zoo.build import build_zoo
 
     started = time.perf_counter()
     truth = build_zoo(out, seed=seed, scale=scale)
@@ -282,7 +282,7 @@ def demo(out: Path, seed: int) -> None:
     this machine, prints a few answers and scores the trees against the zoo's truth.
     """
     from hubtree.lake import Lake
-    from hubtree.ops.zoo import build_zoo
+    from hubtree.ops.zoo.build import build_zoo
     from hubtree.pipelines.run import run_flow
 
     started = time.perf_counter()
@@ -334,8 +334,8 @@ def eval_trees(lake: str, truth: Path) -> None:
     and family purity.
     """
     from hubtree.lake import Lake
-    from hubtree.ops.mother import TrueTree, evaluate
-    from hubtree.ops.zoo import load_truth
+    from hubtree.ops.trees.mother import TrueTree, evaluate
+    from hubtree.ops.zoo.build import load_truth
     from hubtree.pipelines.trees import lake_edges
 
     the_lake = Lake(lake)

@@ -70,9 +70,9 @@ from hubtree.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from hubtree.ops.declared import parse_card
-from hubtree.ops.hub_source import RepoFile, RepoQuery, RepoRecord, RepoRef, config_summary
-from hubtree.ops.local_hub import LocalHub, _matches, _sha256
+from hubtree.ops.hub.declared import parse_card
+from hubtree.ops.hub.source import RepoFile, RepoQuery, RepoRecord, RepoRef, config_summary
+from hubtree.ops.hub.local import LocalHub, _matches, _sha256
 
 GATED_MARKER = ".gated"
 DEFAULT_PAGE_SIZE = 1000  # the Hub's largest page

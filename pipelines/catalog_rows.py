@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from hubtree.ops.catalog import CrawlError, RepoCatalog
+from hubtree.ops.hub.catalog import CrawlError, RepoCatalog
 from hubtree.schemas import tables as T
 
 

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
-from hubtree.ops.catalog import CrawlError, RepoCatalog, catalog_repo
-from hubtree.ops.hub_source import RepoQuery, RepoRef
-from hubtree.ops.hubs import open_hub
+from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo
+from hubtree.ops.hub.source import RepoQuery, RepoRef
+from hubtree.ops.hub.connect import open_hub
 from hubtree.pipelines.catalog_rows import catalog_tables, error_row
 from hubtree.pipelines.ray_runtime import ensure_ray, worker_count
 from hubtree.pipelines.run_log import record_run

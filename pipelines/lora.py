@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError, LakeError, LoraSetError
 from hubtree.lake import Lake
-from hubtree.ops.dsire import DsireModel, adapter_spectra
-from hubtree.ops.hub_source import RepoRef
-from hubtree.ops.hubs import open_hub
-from hubtree.ops.lora_sets import MIN_MERGES, check_attack_set
-from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_tensor
-from hubtree.ops.spectral_detuning import spectral_detuning_batch, w_error
+from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
+from hubtree.ops.hub.source import RepoRef
+from hubtree.ops.hub.connect import open_hub
+from hubtree.ops.lora.attack_sets import MIN_MERGES, check_attack_set
+from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
+from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
 from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA

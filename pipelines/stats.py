@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
-from hubtree.ops.catalog import CrawlError
-from hubtree.ops.hub_source import RepoRef
-from hubtree.ops.hubs import open_hub
-from hubtree.ops.layer_stats import batch_layer_stats
-from hubtree.ops.probes import probe_features
-from hubtree.ops.safetensors_reader import as_float_tensor, entries_for, read_tensor
-from hubtree.ops.sketch import sketch
+from hubtree.ops.hub.catalog import CrawlError
+from hubtree.ops.hub.source import RepoRef
+from hubtree.ops.hub.connect import open_hub
+from hubtree.ops.weights.layer_stats import batch_layer_stats
+from hubtree.ops.weights.probes import probe_features
+from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
+from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.catalog_rows import error_row
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
 from hubtree.pipelines.run_log import begin_run, record_run

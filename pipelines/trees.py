@@ -14,9 +14,9 @@ import pyarrow as pa
 from prefect import flow, get_run_logger
 
 from hubtree.lake import Lake
-from hubtree.ops.families import architecture_signature, distance_vector, output_projections, square_attention_layers
-from hubtree.ops.mother import Models, TreeEdge, Trees, recover_trees
-from hubtree.ops.tree_priors import DeclaredRow, DirectionRule
+from hubtree.ops.trees.families import architecture_signature, distance_vector, output_projections, square_attention_layers
+from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
+from hubtree.ops.trees.priors import DeclaredRow, DirectionRule
 from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import FAMILIES, TREE_EDGES
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hubtree.errors import CardParseError
-from hubtree.ops.declared import edges_from_adapter_config, edges_from_card, edges_from_tags, normalise_repo_id, parse_card
+from hubtree.ops.hub.declared import edges_from_adapter_config, edges_from_card, edges_from_tags, normalise_repo_id, parse_card
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

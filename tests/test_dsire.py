@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hubtree.ops.dsire import DsireModel, adapter_spectra, frobenius_nn_baseline
+from hubtree.ops.lora.dsire import DsireModel, adapter_spectra, frobenius_nn_baseline
 
 LAYERS, RANK, DIM = 3, 4, 32
 

@@ -11,13 +11,13 @@ from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_toke
 
 from hubtree.errors import EntryNotFoundError, GatedRepoError, RepoNotFoundError, RevisionNotFoundError, TruncatedFileError
 from hubtree.hub_server import FaultSpec
-from hubtree.ops.declared import edges_from_tags
-from hubtree.ops.http_file import HttpFile
-from hubtree.ops.http_hub import HttpHub
-from hubtree.ops.hub_source import RepoQuery, RepoRef
-from hubtree.ops.local_hub import LocalHub
-from hubtree.ops.retry import RequestBudget, RetryPolicy
-from hubtree.ops.safetensors_reader import LocalFile, read_header, read_tensor
+from hubtree.ops.hub.declared import edges_from_tags
+from hubtree.ops.hub.http_file import HttpFile
+from hubtree.ops.hub.http_hub import HttpHub
+from hubtree.ops.hub.source import RepoQuery, RepoRef
+from hubtree.ops.hub.local import LocalHub
+from hubtree.ops.hub.retry import RequestBudget, RetryPolicy
+from hubtree.ops.weights.safetensors_reader import LocalFile, read_header, read_tensor
 
 pytestmark = pytest.mark.usefixtures("no_hf_token")
 

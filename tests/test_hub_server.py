@@ -12,8 +12,8 @@ from huggingface_hub.utils import parse_ratelimit_headers
 from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_token, tiny_hub  # noqa: F401 (fixtures)
 
 from hubtree.hub_server import FaultSpec
-from hubtree.ops.hub_source import RepoQuery
-from hubtree.ops.local_hub import LocalHub
+from hubtree.ops.hub.source import RepoQuery
+from hubtree.ops.hub.local import LocalHub
 
 pytestmark = pytest.mark.usefixtures("no_hf_token")
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from hubtree.lake import Lake
-from hubtree.ops.zoo import ZooSpec, build_zoo
+from hubtree.ops.zoo.build import ZooSpec, build_zoo
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.lora import lora_flow
 from hubtree.pipelines.stats import stats_flow

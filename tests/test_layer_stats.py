@@ -10,9 +10,9 @@ import pytest
 import scipy.stats
 import torch
 
-from hubtree.ops import layer_stats as ls
-from hubtree.ops.layer_stats import batch_layer_stats, fit_power_law, layer_stats
-from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.weights import layer_stats as ls
+from hubtree.ops.weights.layer_stats import batch_layer_stats, fit_power_law, layer_stats
+from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.torch_threads import intra_op_threads
 
 SPECTRAL = ("alpha", "log_norm", "log_spectral_norm", "stable_rank")

@@ -9,8 +9,8 @@ import pytest
 from safetensors.torch import load_file
 
 from hubtree.lake import Lake
-from hubtree.ops.spectral_detuning import w_error
-from hubtree.ops.zoo import ZooSpec, build_zoo, load_truth
+from hubtree.ops.lora.spectral_detuning import w_error
+from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.lora import dsire_fit_flow, dsire_predict_flow, lora_flow
 from tests.hubs import add_repo, tiny_weights

@@ -13,7 +13,7 @@ from hubtree.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from hubtree.ops.retry import API, RESOLVE, RequestBudget, RetryPolicy
+from hubtree.ops.hub.retry import API, RESOLVE, RequestBudget, RetryPolicy
 
 URL = "http://127.0.0.1:1/api/models/org/name"
 

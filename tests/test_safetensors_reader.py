@@ -14,7 +14,7 @@ from hubtree.errors import (
     TensorOutOfRangeError,
     TruncatedFileError,
 )
-from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 
 
 def raw_file(path, header: dict, data: bytes = b"", length: int | None = None):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hubtree.ops.probes import probe_features
-from hubtree.ops.sketch import random_words, sketch, sketch_distance
+from hubtree.ops.weights.probes import probe_features
+from hubtree.ops.weights.sketch import random_words, sketch, sketch_distance
 
 # Width 512: the relative distance error has sd ~3.2 %; 15 % is > 4.5 sd.
 TOLERANCE = 0.15

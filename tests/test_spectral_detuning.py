@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from hubtree.errors import ShapeMismatchError, TooFewMergesError
-from hubtree.ops.lora_sets import check_attack_set, classify_layers, estimate_lora_rank, low_rank_layers
-from hubtree.ops.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
-from hubtree.ops.spectral_detuning import paper_spectral_detuning, spectral_detuning, spectral_detuning_batch, w_error
+from hubtree.ops.lora.attack_sets import check_attack_set, classify_layers, estimate_lora_rank, low_rank_layers
+from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
+from hubtree.ops.lora.spectral_detuning import paper_spectral_detuning, spectral_detuning, spectral_detuning_batch, w_error
 from hubtree.ops.torch_threads import intra_op_threads
 
 
@@ -105,7 +105,7 @@ def read_state(path) -> dict[str, Tensor]:
 
 
 def test_tiny_zoo_merged_loras_are_detuned_to_the_hidden_base(tmp_path):
-    from hubtree.ops.zoo import ZooSpec, build_zoo
+    from hubtree.ops.zoo.build import ZooSpec, build_zoo
 
     truth = build_zoo(tmp_path, progress=False, spec=replace(ZooSpec.tiny(), archs=()))  # the LoRA part only
     base = read_state(tmp_path / next(iter(truth.hidden_bases.values())))

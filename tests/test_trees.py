@@ -12,9 +12,9 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from hubtree.ops.declared import edges_from_card, edges_from_tags, parse_card
-from hubtree.ops.families import cluster_block
-from hubtree.ops.mother import (
+from hubtree.ops.hub.declared import edges_from_card, edges_from_tags, parse_card
+from hubtree.ops.trees.families import cluster_block
+from hubtree.ops.trees.mother import (
     DECLARED_ELSEWHERE,
     FREE,
     Models,
@@ -27,8 +27,8 @@ from hubtree.ops.mother import (
     plain_mother,
     recover_trees,
 )
-from hubtree.ops.tree_priors import PAPER_RULE, DeclaredRow, choose_direction, declared_graph, direction_votes
-from hubtree.ops.zoo import ZooSpec, build_zoo
+from hubtree.ops.trees.priors import PAPER_RULE, DeclaredRow, choose_direction, declared_graph, direction_votes
+from hubtree.ops.zoo.build import ZooSpec, build_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from hubtree.cli import main
 from hubtree.lake import Lake
-from hubtree.ops.zoo import ZooSpec, build_zoo
+from hubtree.ops.zoo.build import ZooSpec, build_zoo
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.stats import stats_flow
 from hubtree.pipelines.trees import trees_flow

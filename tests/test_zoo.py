@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hubtree.ops.zoo import ZooSpec, ZooTruth, build_zoo, load_truth
+from hubtree.ops.zoo.build import ZooSpec, ZooTruth, build_zoo, load_truth
 
 SPEC = ZooSpec.tiny()
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from hubtree.ops.hub_source import HubSource
+from hubtree.ops.hub.source import HubSource
 
 DEFAULT_HUB = "https://huggingface.co"
 
@@ -19,12 +19,12 @@ def open_hub(hub: str | None, budget_share: float = 1.0) -> HubSource:
     """
     hub = hub or DEFAULT_HUB
     if not hub.startswith(("http://", "https://")):
-        from hubtree.ops.local_hub import LocalHub
+        from hubtree.ops.hub.local import LocalHub
 
         return LocalHub(hub)
     # Imported lazily: huggingface_hub and httpx are needed for remote hubs only.
-    from hubtree.ops.http_hub import HttpHub
-    from hubtree.ops.retry import API, FREE_TIER, RESOLVE, RequestBudget, RetryPolicy
+    from hubtree.ops.hub.http_hub import HttpHub
+    from hubtree.ops.hub.retry import API, FREE_TIER, RESOLVE, RequestBudget, RetryPolicy
 
     totals = {
         API: int(os.environ.get("HUBTREE_API_BUDGET", FREE_TIER[API])),

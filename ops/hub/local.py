@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Iterator
 
 from hubtree.errors import EntryNotFoundError, FileUnreadableError, HubtreeError, RepoNotFoundError
-from hubtree.ops.declared import edges_from_tags, hub_tags, parse_card
-from hubtree.ops.hub_source import RepoFile, RepoQuery, RepoRecord, RepoRef
-from hubtree.ops.safetensors_reader import LocalFile
+from hubtree.ops.hub.declared import edges_from_tags, hub_tags, parse_card
+from hubtree.ops.hub.source import RepoFile, RepoQuery, RepoRecord, RepoRef
+from hubtree.ops.weights.safetensors_reader import LocalFile
 
 _HASH_CHUNK = 1 << 20
 

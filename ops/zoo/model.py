@@ -1,6 +1,6 @@
 """A tiny Llama-shaped language model, its synthetic data, and the loops that train it.
 
-The zoo (``hubtree.ops.zoo``) needs models whose weights carry the marks of real training,
+The zoo (``hubtree.ops.zoo.build``) needs models whose weights carry the marks of real training,
 so that tree recovery, Spectral DeTuning and DSiRe meet the same signals they would meet on
 a real hub: a root moves far from its random init, a fine-tune moves a little from its
 parent, a LoRA moves only ``A`` and ``B``. Everything here is small enough to train dozens

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from hubtree.errors import ConfigParseError, EntryNotFoundError, HubtreeError, UnsupportedFormatError
-from hubtree.ops.declared import (
+from hubtree.ops.hub.declared import (
     DeclaredEdge,
     edges_from_adapter_config,
     edges_from_card,
     edges_from_tags,
     parse_card,
 )
-from hubtree.ops.hub_source import HubSource, RepoFile, RepoRecord, RepoRef, config_summary
-from hubtree.ops.safetensors_reader import TensorEntry, read_header
+from hubtree.ops.hub.source import HubSource, RepoFile, RepoRecord, RepoRef, config_summary
+from hubtree.ops.weights.safetensors_reader import TensorEntry, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 

@@ -58,7 +58,7 @@ def architecture_signature(shapes: Mapping[str, Sequence[int]], layers: Sequence
 def distance_vector(parts: Sequence[np.ndarray], numels: Sequence[int]) -> np.ndarray:
     """One model's point in distance space: ``||v_i - v_j|| = sqrt(mean_l RMS(W_il - W_jl)^2)``.
 
-    A part is a layer's flattened entries (exact) or its sketch (``hubtree.ops.sketch``,
+    A part is a layer's flattened entries (exact) or its sketch (``hubtree.ops.weights.sketch``,
     which keeps ``||A - B||_F``): either way scaling by ``1 / sqrt(numel_l * L)`` turns the
     concatenation's Euclidean distance into the root-mean-square over layers of MoTHer's
     per-layer RMS distance, so layers of every size weigh the same.

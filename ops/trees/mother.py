@@ -32,8 +32,8 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from hubtree.ops.families import Clustering, cluster_block, cut_height, knn, pair_distances
-from hubtree.ops.tree_priors import (
+from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
+from hubtree.ops.trees.priors import (
     GROWTH_RULE,
     DeclaredGraph,
     DeclaredRow,

@@ -18,7 +18,7 @@ import httpx2
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from hubtree.errors import HubError, TruncatedFileError
-from hubtree.ops.retry import RESOLVE, RetryPolicy
+from hubtree.ops.hub.retry import RESOLVE, RetryPolicy
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hubtree.ops.torch_threads import intra_op_threads
-from hubtree.ops.zoo_model import (
+from hubtree.ops.zoo.model import (
     TASK_KINDS,
     LoRALinear,
     Task,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from hubtree.ops.declared import normalise_repo_id
+from hubtree.ops.hub.declared import normalise_repo_id
 
 DROP_REASONS = ("invalid_id", "self_loop", "duplicate", "cycle")
 

@@ -24,9 +24,9 @@ from huggingface_hub import HfApi, ModelInfo, constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from hubtree.errors import RepoNotFoundError
-from hubtree.ops.http_file import HttpFile, Traffic
-from hubtree.ops.hub_source import RepoFile, RepoQuery, RepoRecord, RepoRef
-from hubtree.ops.retry import API, RetryPolicy
+from hubtree.ops.hub.http_file import HttpFile, Traffic
+from hubtree.ops.hub.source import RepoFile, RepoQuery, RepoRecord, RepoRef
+from hubtree.ops.hub.retry import API, RetryPolicy
 
 # What a listing entry must carry: the sha makes a RepoRef; the rest lets a family be filtered and sorted here.
 _LISTING_FIELDS = ["sha", "author", "tags", "createdAt", "lastModified"]

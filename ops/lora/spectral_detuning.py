@@ -32,7 +32,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from hubtree.ops.lora_sets import stack_merges
+from hubtree.ops.lora.attack_sets import stack_merges
 
 ITERATIONS = 300  # the paper's default (1000 for 7B LLMs)
 PATIENCE = 15  # iterations without improvement before the rank doubles (or, at full rank, we stop)

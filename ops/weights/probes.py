@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from hubtree.ops.sketch import random_signs
+from hubtree.ops.weights.sketch import random_signs
 
 # Named streams of the shared generator, distinct from the sketch's.
 _PROBES, _PROJECTION = 11, 12

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator, Protocol
 
-from hubtree.ops.safetensors_reader import ByteSource
+from hubtree.ops.weights.safetensors_reader import ByteSource
 
 
 @dataclass(frozen=True)

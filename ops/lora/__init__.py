@@ -1,0 +1,1 @@
+"""LoRA attacks: attack sets, Spectral DeTuning (hidden base recovery), DSiRe (dataset size)."""

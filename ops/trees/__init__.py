@@ -1,0 +1,1 @@
+"""Model trees: families by architecture and distance, MoTHer with the Model Atlas priors."""

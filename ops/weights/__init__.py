@@ -1,0 +1,1 @@
+"""Weights as data: the one safetensors reader, layer statistics, sketches, probe fingerprints."""
