@@ -110,7 +110,7 @@ class HttpHub:
             level = children
 
     def _family_refs(self, query: RepoQuery) -> Iterator[RepoRef]:
-        members = (info for info in self.family(query.family) if _matches(info, query))
+        members = (info for info in self.family(query.family) if query.matches(info.id, info.author or info.id.split("/")[0], info.tags))
         key = _FAMILY_SORTS.get(query.sort or "")
         if key:  # sorting needs the whole family; otherwise it streams level by level
             members = iter(sorted(members, key=lambda info: getattr(info, key) or _EPOCH, reverse=True))
@@ -203,11 +203,3 @@ def _list_params(
         params.append(("limit", limit))
     return params + [("expand", name) for name in _LISTING_FIELDS]
 
-
-def _matches(info: ModelInfo, query: RepoQuery) -> bool:
-    """The hub's listing filters, applied to a family member: author, substring search, all tags."""
-    if query.author and (info.author or info.id.split("/")[0]) != query.author:
-        return False
-    if query.search and query.search.lower() not in info.id.lower():
-        return False
-    return all(tag in (info.tags or []) for tag in query.filter)

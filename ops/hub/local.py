@@ -44,7 +44,7 @@ class LocalHub:
     def list_repos(self, query: RepoQuery = RepoQuery()) -> Iterator[RepoRef]:
         ids = self._family(query.family) if query.family else self.repo_ids()
         records = [self.repo_record(RepoRef(i, self.revision(i))) for i in ids]
-        records = [r for r in records if _matches(r, query)]
+        records = [r for r in records if query.matches(r.repo_id, r.author, r.tags)]
         if query.sort in ("created_at", "createdAt", "last_modified", "lastModified"):
             key = "created_at" if query.sort.startswith("created") else "last_modified"
             records.sort(key=lambda r: getattr(r, key) or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
@@ -148,14 +148,6 @@ class LocalHub:
             return parse_card(self._read(repo_id, "README.md"))
         except HubtreeError:
             return {}
-
-
-def _matches(record: RepoRecord, query: RepoQuery) -> bool:
-    if query.author and record.author != query.author:
-        return False
-    if query.search and query.search.lower() not in record.repo_id.lower():
-        return False
-    return all(tag in record.tags for tag in query.filter)
 
 
 def _size(path: Path) -> int:

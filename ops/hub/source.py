@@ -24,6 +24,14 @@ class RepoQuery:
     limit: int | None = None
     family: str | None = None  # a base repo and all its declared descendants
 
+    def matches(self, repo_id: str, author: str | None, tags: list[str] | None) -> bool:
+        """The Hub's listing filters on one repo: author, case-insensitive substring of the id, every tag."""
+        if self.author and author != self.author:
+            return False
+        if self.search and self.search.lower() not in repo_id.lower():
+            return False
+        return all(tag in (tags or []) for tag in self.filter)
+
 
 @dataclass(frozen=True)
 class RepoRef:
