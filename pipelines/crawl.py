@@ -7,15 +7,13 @@ point and run again, it commits exactly the batches that were missing.
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import date
 
 import pyarrow as pa
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
@@ -24,8 +22,8 @@ from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
 from hubtree.pipelines.catalog_rows import catalog_tables, error_row
-from hubtree.pipelines.ray_runtime import ensure_ray, worker_count
-from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
+from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import CRAWL_ERRORS
 
 
@@ -74,7 +72,7 @@ def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef
 
 
 @task(cache_policy=NONE)
-def catalog_batch(pool: ActorPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date) -> list[RepoCatalog]:
+def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date) -> list[RepoCatalog]:
     """Catalog one batch over the actor pool and commit it to the lake as one unit."""
     catalogs = sorted(pool.map_unordered(lambda actor, ref: actor.catalog.remote(ref), refs), key=lambda c: c.ref.repo_id)
     lake.commit("crawl", run_id, catalog_tables(catalogs, run_id, hub), day=day)
@@ -99,13 +97,8 @@ def crawl_flow(
     logger = get_run_logger()
     query = RepoQuery(author, search, tuple(filter or ()), sort, limit, family)
     params = {"hub": hub, "lake": lake, **asdict(query), "batch_size": batch_size, "ray_address": ray_address}
-    the_lake = Lake(lake)
-    summary = CrawlSummary(run_id=uuid.uuid4().hex, status="running")
-    started = datetime.now(timezone.utc)
-    removed = the_lake.vacuum()
-    if removed:
-        logger.info("removed %d parts left by an interrupted run", removed)
-    record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
+    summary = CrawlSummary(run_id="", status="running")
+    the_lake, summary.run_id, started = begin_run(lake, "crawl", params, require=False, counts=asdict(summary))
 
     try:
         todo, summary.repos_listed = list_new_repos(hub, the_lake, query)
@@ -120,24 +113,19 @@ def crawl_flow(
     logger.info("%d repos listed, %d already in the lake, %d to crawl", summary.repos_listed, summary.repos_skipped, len(todo))
 
     if todo:
-        ensure_ray(ray_address)
-        n_workers = min(worker_count(), len(todo))
-        actors = [CatalogWorker.remote(hub, 1 / n_workers) for _ in range(n_workers)]
-        pool = ActorPool(actors)
-        with tqdm(total=len(todo), unit="repo", desc="crawl", disable=not progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                for cat in catalog_batch(pool, todo[start : start + batch_size], the_lake, summary.run_id, hub, started.date()):
-                    summary.repos_crawled += cat.ok
-                    summary.repos_failed += not cat.ok
-                    summary.bytes_fetched += cat.bytes_fetched
-                    summary.weights_bytes += sum(
-                        f.size for f in (cat.record.files if cat.record else []) if cat.file_kinds[f.path] in ("weights", "adapter_weights")
-                    )
-                    bar.update(1)
-                    bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
-        summary.requests = sum(ray.get([a.requests.remote() for a in actors]))
-        for actor in actors:
-            ray.kill(actor)
+        with actor_pool(lambda n: CatalogWorker.remote(hub, 1 / n), len(todo), ray_address) as pool:
+            with tqdm(total=len(todo), unit="repo", desc="crawl", disable=not progress) as bar:
+                for start in range(0, len(todo), batch_size):
+                    for cat in catalog_batch(pool, todo[start : start + batch_size], the_lake, summary.run_id, hub, started.date()):
+                        summary.repos_crawled += cat.ok
+                        summary.repos_failed += not cat.ok
+                        summary.bytes_fetched += cat.bytes_fetched
+                        summary.weights_bytes += sum(
+                            f.size for f in (cat.record.files if cat.record else []) if cat.file_kinds[f.path] in ("weights", "adapter_weights")
+                        )
+                        bar.update(1)
+                        bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
+            summary.requests = sum(ray.get([a.requests.remote() for a in pool.actors]))
     summary.status = "completed"
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(

@@ -20,11 +20,9 @@ import csv
 import io
 import posixpath
 import re
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -32,18 +30,16 @@ import ray
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from hubtree.errors import HubtreeError, LakeError, LoraSetError
 from hubtree.lake import Lake
 from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.hub.source import RepoRef
-from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.lora.attack_sets import MIN_MERGES, check_attack_set
 from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
-from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
+from hubtree.pipelines.ray_runtime import HubConnections, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA
 
@@ -68,12 +64,9 @@ class RepoLoc:
     dtypes: dict[str, str]
 
 
-def read_layers(hubs: dict, loc: RepoLoc, names: list[str], hub_override: str | None = None) -> dict[str, torch.Tensor]:
+def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_override: str | None = None) -> dict[str, torch.Tensor]:
     """The named tensors of ``loc``, by range, each file's header read again and checked (float32)."""
-    url = hub_override or loc.hub
-    if url not in hubs:
-        hubs[url] = open_hub(url, budget_share=1 / max(1, worker_count()) if ray.is_initialized() else 1.0)
-    source, ref = hubs[url], RepoRef(loc.repo_id, loc.revision)
+    source, ref = hubs.get(hub_override or loc.hub), RepoRef(loc.repo_id, loc.revision)
     by_file: dict[str, list[str]] = defaultdict(list)
     for name in names:
         by_file[loc.files[name]].append(name)
@@ -212,8 +205,8 @@ class LoraWorker:
 
     def __init__(self, hub_override: str | None):
         self.hub_override = hub_override
-        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        self.hubs: dict = {}
+        self.device = actor_device()
+        self.hubs = HubConnections()
 
     def _read(self, loc: RepoLoc, names: list[str]) -> dict[str, torch.Tensor]:
         return read_layers(self.hubs, loc, names, self.hub_override)
@@ -334,30 +327,26 @@ def lora_flow(
     summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "files": []}
     rows: list[dict] = []
     if plans:
-        ensure_ray(ray_address)
-        actors = [LoraWorker.options(**actor_options()).remote(hub) for _ in range(min(worker_count(), len(plans)))]
-        pool = ActorPool(actors)
-        checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
-        units = []
-        for check in checks:
-            sources = [m.repo_id for m in check.members] or [m.repo_id for m in check.plan.members]
-            if check.plan.excluded:
-                logger.info("%s: left out %s", check.plan.base_repo, "; ".join(f"{r} ({why})" for r, why in check.plan.excluded.items()))
-            if check.problem:
-                summary["low"] += 1
-                for name in sorted(check.layers) or ["*"]:
-                    rows.append(_row(check.plan.base_repo, name, sources, run_id, check.problem, rank=check.layers.get(name)))
-                logger.info("%s: %s", check.plan.base_repo, check.problem)
-                continue
-            units += detune_units(check, iterations)
-        results: dict[str, list[LayerResult]] = defaultdict(list)
-        with tqdm(total=len(units), unit="unit", desc="detune", disable=not progress) as bar:
-            for out in pool.map_unordered(lambda a, u: a.detune.remote(u), units):
-                for res in out:
-                    results[res.base_repo].append(res)
-                bar.update(1)
-        for actor in actors:
-            ray.kill(actor)
+        with actor_pool(lambda n: LoraWorker.options(**actor_options()).remote(hub), len(plans), ray_address) as pool:
+            checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
+            units = []
+            for check in checks:
+                sources = [m.repo_id for m in check.members] or [m.repo_id for m in check.plan.members]
+                if check.plan.excluded:
+                    logger.info("%s: left out %s", check.plan.base_repo, "; ".join(f"{r} ({why})" for r, why in check.plan.excluded.items()))
+                if check.problem:
+                    summary["low"] += 1
+                    for name in sorted(check.layers) or ["*"]:
+                        rows.append(_row(check.plan.base_repo, name, sources, run_id, check.problem, rank=check.layers.get(name)))
+                    logger.info("%s: %s", check.plan.base_repo, check.problem)
+                    continue
+                units += detune_units(check, iterations)
+            results: dict[str, list[LayerResult]] = defaultdict(list)
+            with tqdm(total=len(units), unit="unit", desc="detune", disable=not progress) as bar:
+                for out in pool.map_unordered(lambda a, u: a.detune.remote(u), units):
+                    for res in out:
+                        results[res.base_repo].append(res)
+                    bar.update(1)
         by_base = {c.plan.base_repo: c for c in checks}
         for base_repo, layer_results in sorted(results.items()):
             check = by_base[base_repo]
@@ -406,7 +395,7 @@ def adapter_features(lake: Lake, hub: str | None, run_id: str) -> dict[str, tupl
         loc = locs.setdefault(a["repo_id"], RepoLoc(a["repo_id"], a["revision"], a["hub"], {}, {}))
         loc.files[a["name"]] = a["file"]
         loc.dtypes[a["name"]] = a["dtype"]
-    hubs: dict = {}
+    hubs = HubConnections()
     out, rows = {}, []
     for repo_id, loc in locs.items():
         spectra = adapter_spectra(read_layers(hubs, loc, sorted(loc.files), hub))
@@ -486,13 +475,11 @@ def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, Dsir
 def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = None) -> dict:
     """Dataset-size estimates for every adapter in ``lake`` that did not train the model (default: the latest fit)."""
     logger = get_run_logger()
+    params = {"lake": lake, "model": model, "hub": hub}
     the_lake = Lake(lake)
     the_lake.require()
-    run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
-    params = {"lake": lake, "model": model, "hub": hub}
-    the_lake.vacuum()
     model_id, fitted, train = load_dsire_model(the_lake, model)
-    record_run(the_lake, "dsire", run_id, params, started, "running")
+    the_lake, run_id, started = begin_run(the_lake, "dsire", params)
     features = adapter_features(the_lake, hub, run_id)
     rows, skipped = [], []
     for repo_id, (revision, spectra) in sorted(features.items()):

@@ -1,4 +1,4 @@
-"""Ray for hubtree: start or join a cluster, and give each actor a device.
+"""Ray for hubtree: start or join a cluster, the one actor pool, and each actor's device and hub connections.
 
 Actors ask for a GPU only when the cluster has one: an actor asking for a GPU
 on a CPU-only cluster would wait forever.
@@ -6,8 +6,16 @@ on a CPU-only cluster would wait forever.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import ray
+import torch
+from ray.util import ActorPool
+
+from hubtree.ops.hub.connect import open_hub
+from hubtree.ops.hub.source import HubSource
 
 # Small enough for a laptop or CI runner; catalogs and statistics are tiny objects.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -42,3 +50,50 @@ def worker_count() -> int:
 def actor_options() -> dict:
     """Resources for one compute actor: a whole GPU where the cluster has any, else one CPU."""
     return {"num_gpus": 1, "num_cpus": 1} if cluster_gpus() else {"num_cpus": 1}
+
+
+class WorkerPool(ActorPool):
+    """Ray's ActorPool, keeping the list of its actors (to ask each of them something at the end)."""
+
+    def __init__(self, actors: list):
+        super().__init__(actors)
+        self.actors = list(actors)
+
+
+@contextmanager
+def actor_pool(make: Callable[[int], Any], tasks: int, ray_address: str | None = None) -> Iterator[WorkerPool]:
+    """Start or join Ray, create ``min(worker_count(), tasks)`` actors with ``make(n)`` and yield them as a pool.
+
+    The actors are killed when the block ends, also when it raises: a failed stage
+    must not leave actors holding CPUs, GPUs or hub connections.
+    """
+    ensure_ray(ray_address)
+    n = max(1, min(worker_count(), tasks))
+    actors = [make(n) for _ in range(n)]
+    try:
+        yield WorkerPool(actors)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def hub_share() -> float:
+    """One process's share of a hub's request budget: one worker's part while Ray runs, else all of it."""
+    return 1 / max(1, worker_count()) if ray.is_initialized() else 1.0
+
+
+class HubConnections:
+    """One connection per hub URL, opened on first use and kept (an actor reads many repos of few hubs)."""
+
+    def __init__(self) -> None:
+        self._hubs: dict[str, HubSource] = {}
+
+    def get(self, url: str) -> HubSource:
+        if url not in self._hubs:
+            self._hubs[url] = open_hub(url, budget_share=hub_share())
+        return self._hubs[url]
+
+
+def actor_device() -> torch.device:
+    """This actor's device: its GPU when Ray gave it one and torch sees it, else the CPU."""
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pyarrow as pa
+from prefect import get_run_logger
 
 from hubtree.lake import Lake
 from hubtree.schemas.tables import CRAWL_RUNS
@@ -34,12 +35,18 @@ def record_run(
     lake.commit("runs", run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())
 
 
-def begin_run(lake_url: str, flow: str, params: dict) -> tuple[Lake, str, datetime]:
-    """What every stage over an existing lake does first: check the lake, drop a killed
-    run's uncommitted parts, and commit this run's ``running`` row. Returns (lake, run_id, started)."""
-    lake = Lake(lake_url)
-    lake.require()
+def begin_run(
+    lake: Lake | str, flow: str, params: dict, require: bool = True, counts: dict | None = None
+) -> tuple[Lake, str, datetime]:
+    """What every stage does first: check the lake (unless ``require`` is False: a first crawl
+    makes it), drop a killed run's uncommitted parts, and commit this run's ``running`` row
+    (with ``counts``, if given). Returns (lake, run_id, started)."""
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    if require:
+        lake.require()
     run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
-    lake.vacuum()
-    record_run(lake, flow, run_id, params, started, "running")
+    removed = lake.vacuum()
+    if removed:
+        get_run_logger().info("removed %d parts left by an interrupted run", removed)
+    record_run(lake, flow, run_id, params, started, "running", counts)
     return lake, run_id, started

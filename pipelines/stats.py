@@ -19,20 +19,18 @@ import ray
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
 from hubtree.ops.hub.catalog import CrawlError
 from hubtree.ops.hub.source import RepoRef
-from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
 from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.catalog_rows import error_row
-from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
+from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
 from hubtree.schemas.tables import CRAWL_ERRORS, LAYER_SKETCHES, LAYER_STATS, PROBE_FEATURES
 
@@ -77,14 +75,14 @@ class StatsWorker:
     def __init__(self, settings: StatsSettings, hub_override: str | None):
         self.settings = settings
         self.hub_override = hub_override
-        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        self.hubs: dict = {}
+        self.device = actor_device()
+        self.hubs = HubConnections()
 
     def process(self, unit: ModelUnit) -> UnitResult:
         result = UnitResult(unit)
         ref = RepoRef(unit.repo_id, unit.revision)
         try:
-            source = self._hub(self.hub_override or unit.hub)
+            source = self.hubs.get(self.hub_override or unit.hub)
         except HubtreeError as err:
             result.errors.append(CrawlError.of(err, ref, "stats"))
             return result
@@ -118,11 +116,6 @@ class StatsWorker:
                     {**key, "seed": s.sketch_seed, "n_probes": s.n_probes, "out_dim": s.probe_dim,
                      "features": probe_features(t, s.n_probes, s.probe_dim, s.sketch_seed).cpu().tolist()}
                 )
-
-    def _hub(self, url: str):
-        if url not in self.hubs:
-            self.hubs[url] = open_hub(url, budget_share=1 / max(1, worker_count()))
-        return self.hubs[url]
 
 
 def _chunks(entries: list) -> list[list]:
@@ -163,7 +156,7 @@ def pending_units(lake: Lake, layers: str | None) -> list[ModelUnit]:
 
 
 @task(cache_policy=NONE)
-def stats_batch(pool: ActorPool, units: list[ModelUnit], lake: Lake, run_id: str, day: date) -> list[UnitResult]:
+def stats_batch(pool: WorkerPool, units: list[ModelUnit], lake: Lake, run_id: str, day: date) -> list[UnitResult]:
     """Process a batch of models on the pool and commit their rows as one unit."""
     results = sorted(pool.map_unordered(lambda actor, unit: actor.process.remote(unit), units), key=lambda r: r.unit.repo_id)
     tables = {name: [] for name in ("layer_stats", "layer_sketches", "probe_features")}
@@ -203,19 +196,17 @@ def stats_flow(
     summary = {"run_id": run_id, "status": "completed", "models": len(units), "tensors": 0, "failed": 0, "bytes_fetched": 0}
     logger.info("%d models have tensors without statistics", len(units))
     if units:
-        ensure_ray(ray_address)
-        actors = [StatsWorker.options(**actor_options()).remote(settings, hub) for _ in range(min(worker_count(), len(units)))]
-        pool = ActorPool(actors)
         total = sum(u.nbytes for u in units)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"stats ({len(units)} models)", disable=not progress) as bar:
+        with (
+            actor_pool(lambda n: StatsWorker.options(**actor_options()).remote(settings, hub), len(units), ray_address) as pool,
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"stats ({len(units)} models)", disable=not progress) as bar,
+        ):
             for start in range(0, len(units), batch_size):
                 for result in stats_batch(pool, units[start : start + batch_size], the_lake, run_id, started.date()):
                     summary["tensors"] += len(result.rows["layer_stats"])
                     summary["failed"] += bool(result.errors)
                     summary["bytes_fetched"] += result.bytes_read
                     bar.update(result.unit.nbytes)
-        for actor in actors:
-            ray.kill(actor)
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
                {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], "bytes_fetched": summary["bytes_fetched"]})
     logger.info("stats %s: %d tensors of %d models, %d models with errors", run_id, summary["tensors"], summary["models"], summary["failed"])

@@ -1,0 +1,42 @@
+"""The one Ray pool: its actors work, and are released when the block ends, also when it raises."""
+from __future__ import annotations
+
+import pytest
+import ray
+
+from hubtree.pipelines.ray_runtime import actor_pool
+
+
+@ray.remote(num_cpus=1)
+class Echo:
+    def __init__(self, n: int):
+        self.n = n
+
+    def twice(self, x: int) -> tuple[int, int]:
+        return 2 * x, self.n
+
+
+def _dead(actor) -> bool:
+    try:
+        ray.get(actor.twice.remote(0), timeout=30)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+def test_the_pool_maps_over_its_actors_and_kills_them_at_the_end(ray_local):
+    with actor_pool(lambda n: Echo.remote(n), tasks=5) as pool:
+        results = sorted(pool.map_unordered(lambda a, x: a.twice.remote(x), range(5)))
+        actors = pool.actors
+    assert [r[0] for r in results] == [0, 2, 4, 6, 8]
+    assert len(actors) == 2 and {r[1] for r in results} == {2}  # min(2 CPUs, 5 tasks), each told the pool size
+    assert all(_dead(a) for a in actors)
+
+
+def test_a_stage_that_raises_still_releases_its_actors(ray_local):
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with actor_pool(lambda n: Echo.remote(n), tasks=1) as pool:
+            actors = pool.actors
+            assert ray.get(actors[0].twice.remote(3)) == (6, 1)
+            raise RuntimeError("stage failed")
+    assert len(actors) == 1 and _dead(actors[0])
