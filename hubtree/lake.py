@@ -7,13 +7,19 @@ see a batch only once that row exists, so a process killed anywhere in a commit
 leaves nothing visible, and the next run's ``vacuum`` removes what it left.
 
 The root is any fsspec URL (a local path by default, ``s3://bucket/prefix`` too);
-nothing here knows what the rows mean.
+nothing here knows what the rows mean: a commit takes plain rows per table, builds
+them by the table's schema (``schemas.tables.arrow_rows``) and fills ``run_id`` and
+``batch_id``, the two columns every row carries and no caller writes. Files that are
+not rows (recovered weights, fitted models) go in with ``write_blob``, staged and
+renamed alike.
 """
 from __future__ import annotations
 
 import posixpath
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
+from typing import Any
 
 import duckdb
 import fsspec
@@ -22,7 +28,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from hubtree.errors import LakeError
-from hubtree.schemas.tables import LAKE_COMMITS, SCHEMAS
+from hubtree.schemas.tables import LAKE_COMMITS, SCHEMAS, arrow_rows
 from hubtree.schemas.views import create_views
 
 STAGING = "_staging"
@@ -38,20 +44,25 @@ class Lake:
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     # -- writing ---------------------------------------------------------------
-    def commit(self, stage: str, run_id: str, tables: dict[str, pa.Table], day: date | None = None) -> str:
-        """Write ``tables`` as one atomic batch; returns its ``batch_id``.
+    def commit(self, stage: str, run_id: str, rows: Mapping[str, Sequence[Mapping[str, Any]]], day: date | None = None) -> str:
+        """Write ``rows`` (table name -> its rows) as one atomic batch of run ``run_id``; returns its ``batch_id``.
 
-        Each table must match its schema in ``schemas.tables`` (``batch_id`` is filled
-        in here). Empty tables write no file but the commit is still recorded, so a
-        batch that found nothing is distinguishable from one that never finished.
+        Rows name their table's columns (see ``schemas.tables``) but not ``run_id`` or
+        ``batch_id``: those are filled in here. Rows that do not fit the schema raise
+        LakeError before anything is written. Empty tables write no file but the commit
+        is still recorded, so a batch that found nothing is distinguishable from one
+        that never finished.
         """
         batch_id = uuid.uuid4().hex
         day = day or datetime.now(timezone.utc).date()
+        try:
+            tables = {name: arrow_rows(name, table_rows, run_id, batch_id) for name, table_rows in rows.items()}
+        except (KeyError, ValueError, pa.ArrowTypeError) as err:
+            raise LakeError(f"rows do not match the table schema: {err}") from err
         staged: list[tuple[str, str]] = []
         for name, table in tables.items():
             if table.num_rows == 0:
                 continue
-            table = _with_batch(table, SCHEMAS[name], batch_id)
             staged.append((self._stage(batch_id, name, table), self._part_path(name, day, batch_id)))
         for tmp, final in staged:
             self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
@@ -75,6 +86,29 @@ class Lake:
         self.fs.mv(tmp, final)  # the commit point
         self._remove(posixpath.join(self.root, STAGING, batch_id))
         return batch_id
+
+    def write_blob(self, path: str, data: bytes) -> str:
+        """Put ``data`` at ``path`` under the root, staged then renamed into place; returns its full path or URL."""
+        staged = f"{self.root}/{STAGING}/blob-{uuid.uuid4().hex}/{posixpath.basename(path)}"
+        self.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
+        with self.fs.open(staged, "wb") as handle:
+            handle.write(data)
+        final = f"{self.root}/{path}"
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        self.fs.mv(staged, final)
+        self._remove(posixpath.dirname(staged))
+        return final if self.is_local else f"{self._protocol()}://{final}"
+
+    def read_blob(self, path: str) -> bytes:
+        """The bytes of a blob written with ``write_blob`` (``path`` under the root)."""
+        with self.fs.open(f"{self.root}/{path}", "rb") as handle:
+            return handle.read()
+
+    def blobs(self, folder: str, suffix: str = "") -> list[str]:
+        """Names of the blobs in ``folder`` (under the root) ending in ``suffix``, sorted; [] for no folder."""
+        full = f"{self.root}/{folder}"
+        found = self.fs.glob(f"{full}/*{suffix}") if self.fs.exists(full) else []
+        return sorted(posixpath.basename(p) for p in found)
 
     def vacuum(self) -> int:
         """Delete parts of batches that never committed (a killed run's leftovers); returns how many.
@@ -112,7 +146,7 @@ class Lake:
         """The read_parquet glob for a table, or None while it has no parts."""
         if not self._parts(table):
             return None
-        prefix = "" if self.is_local else f"{self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol}://"
+        prefix = "" if self.is_local else f"{self._protocol()}://"
         return f"{prefix}{self.root}/{table}/*/*.parquet"
 
     def exists(self) -> bool:
@@ -123,6 +157,9 @@ class Lake:
             raise LakeError(f"no lake at {self.url}: run `hubtree crawl --hub HUB --lake {self.url}` first")
 
     # -- helpers ---------------------------------------------------------------
+    def _protocol(self) -> str:
+        return self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
+
     def _part_path(self, table: str, day: date, batch_id: str) -> str:
         return f"{self.root}/{table}/crawl_date={day.isoformat()}/part-{batch_id}.parquet"
 
@@ -139,16 +176,6 @@ class Lake:
     def _remove(self, path: str) -> None:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
-
-
-def _with_batch(table: pa.Table, schema: pa.Schema, batch_id: str) -> pa.Table:
-    if "batch_id" in table.column_names:
-        table = table.drop_columns(["batch_id"])
-    table = table.append_column("batch_id", pa.array([batch_id] * table.num_rows, pa.string()))
-    try:
-        return table.select(schema.names).cast(schema)
-    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise LakeError(f"rows do not match the table schema: {err}") from err
 
 
 def _batch_of(path: str) -> str:

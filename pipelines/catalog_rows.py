@@ -1,25 +1,23 @@
-"""Turn per-repo catalogs into the lake's Arrow tables (one table per schema)."""
+"""Turn per-repo catalogs into the lake's rows (one list per table; the lake fills run_id and batch_id)."""
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from datetime import datetime, timezone
 
-import pyarrow as pa
-
-from hubtree.ops.hub.catalog import CrawlError, RepoCatalog
-from hubtree.schemas import tables as T
+from hubtree.ops.hub.catalog import RepoCatalog
 
 
-def catalog_tables(catalogs: list[RepoCatalog], run_id: str, hub: str) -> dict[str, pa.Table]:
+def catalog_rows(catalogs: list[RepoCatalog], hub: str) -> dict[str, list[dict]]:
     """Rows for repos, declared_edges, files, tensors, adapters and crawl_errors."""
     now = datetime.now(timezone.utc)
     rows: dict[str, list[dict]] = {name: [] for name in ("repos", "declared_edges", "files", "tensors", "adapters", "crawl_errors")}
     for cat in catalogs:
-        rows["crawl_errors"] += [error_row(e, run_id) for e in cat.errors]
+        rows["crawl_errors"] += [asdict(e) for e in cat.errors]
         if not cat.ok:
             continue
-        key = {"repo_id": cat.ref.repo_id, "revision": cat.ref.revision, "run_id": run_id, "batch_id": ""}
+        key = {"repo_id": cat.ref.repo_id, "revision": cat.ref.revision}
         rows["repos"].append(_repo_row(cat, key, hub, now))
         rows["declared_edges"] += [
             {**key, "parent_repo_id": e.parent, "relation": e.relation, "source": e.source} for e in cat.edges
@@ -39,11 +37,7 @@ def catalog_tables(catalogs: list[RepoCatalog], run_id: str, hub: str) -> dict[s
                 {**key, "base_model": a.base_model, "peft_type": a.peft_type, "rank": a.rank,
                  "lora_alpha": a.lora_alpha, "target_modules": a.target_modules}
             )
-    return {name: pa.Table.from_pylist(r, schema=T.SCHEMAS[name]) for name, r in rows.items()}
-
-
-def error_row(error: CrawlError, run_id: str) -> dict:
-    return {**error.__dict__, "run_id": run_id, "batch_id": ""}
+    return rows
 
 
 def _repo_row(cat: RepoCatalog, key: dict, hub: str, now: datetime) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import date
 
-import pyarrow as pa
 import ray
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -21,10 +20,9 @@ from hubtree.lake import Lake
 from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
-from hubtree.pipelines.catalog_rows import catalog_tables, error_row
+from hubtree.pipelines.catalog_rows import catalog_rows
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.schemas.tables import CRAWL_ERRORS
 
 
 @dataclass
@@ -75,7 +73,7 @@ def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef
 def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date) -> list[RepoCatalog]:
     """Catalog one batch over the actor pool and commit it to the lake as one unit."""
     catalogs = sorted(pool.map_unordered(lambda actor, ref: actor.catalog.remote(ref), refs), key=lambda c: c.ref.repo_id)
-    lake.commit("crawl", run_id, catalog_tables(catalogs, run_id, hub), day=day)
+    lake.commit("crawl", run_id, catalog_rows(catalogs, hub), day=day)
     return catalogs
 
 
@@ -105,7 +103,7 @@ def crawl_flow(
     except HubtreeError as err:
         summary.status, summary.message = "failed", str(err)
         error = CrawlError.of(err, None, "list")
-        the_lake.commit("crawl", summary.run_id, {"crawl_errors": pa.Table.from_pylist([error_row(error, summary.run_id)], schema=CRAWL_ERRORS)}, day=started.date())
+        the_lake.commit("crawl", summary.run_id, {"crawl_errors": [asdict(error)]}, day=started.date())
         record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
         logger.error("listing %s failed: %s", hub, err)
         return asdict(summary)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import csv
 import io
-import posixpath
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import ray
 import torch
 from prefect import flow, get_run_logger, task
@@ -41,7 +39,6 @@ from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for,
 from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.pipelines.ray_runtime import HubConnections, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.schemas.tables import DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 STORAGE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -284,11 +281,11 @@ def detune_units(check: GroupCheck, iterations: int) -> list[DetuneUnit]:
     return units
 
 
-def _row(base_repo: str, layer: str, sources: list[str], run_id: str, confidence: str, **rest) -> dict:
+def _row(base_repo: str, layer: str, sources: list[str], confidence: str, **rest) -> dict:
     return {
         "base_repo": base_repo, "layer": layer, "n_sources": len(sources), "sources": sources, "rank": rest.get("rank"),
         "iterations": rest.get("iterations"), "final_loss": rest.get("final_loss"), "confidence": confidence,
-        "w_error": rest.get("w_error"), "weights_path": rest.get("weights_path"), "run_id": run_id, "batch_id": "",
+        "w_error": rest.get("w_error"), "weights_path": rest.get("weights_path"),
     }
 
 
@@ -297,14 +294,7 @@ def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, to
     from safetensors.torch import save
 
     data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata={"format": "pt", "base_repo": base_repo, "run_id": run_id})
-    final = f"{lake.root}/recovered/{base_repo.replace('/', '__')}/{run_id}.safetensors"
-    staged = f"{lake.root}/_staging/recovered-{run_id}/{base_repo.replace('/', '__')}.safetensors"
-    lake.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    with lake.fs.open(staged, "wb") as handle:
-        handle.write(data)
-    lake.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    lake.fs.mv(staged, final)
-    return final if lake.is_local else f"{lake.url.split('://')[0]}://{final}"
+    return lake.write_blob(f"recovered/{base_repo.replace('/', '__')}/{run_id}.safetensors", data)
 
 
 @flow(name="hubtree-lora", log_prints=True)
@@ -337,7 +327,7 @@ def lora_flow(
                 if check.problem:
                     summary["low"] += 1
                     for name in sorted(check.layers) or ["*"]:
-                        rows.append(_row(check.plan.base_repo, name, sources, run_id, check.problem, rank=check.layers.get(name)))
+                        rows.append(_row(check.plan.base_repo, name, sources, check.problem, rank=check.layers.get(name)))
                     logger.info("%s: %s", check.plan.base_repo, check.problem)
                     continue
                 units += detune_units(check, iterations)
@@ -360,12 +350,12 @@ def lora_flow(
                 summary["files"].append(path)
             for r in sorted(layer_results, key=lambda r: r.layer):
                 if r.error:
-                    rows.append(_row(base_repo, r.layer, sources, run_id, f"low: {r.error}", rank=r.rank))
+                    rows.append(_row(base_repo, r.layer, sources, f"low: {r.error}", rank=r.rank))
                     continue
                 summary["layers"] += 1
-                rows.append(_row(base_repo, r.layer, sources, run_id, "ok", rank=r.rank, iterations=r.iterations,
+                rows.append(_row(base_repo, r.layer, sources, "ok", rank=r.rank, iterations=r.iterations,
                                  final_loss=r.final_loss, w_error=r.w_error, weights_path=path))
-    the_lake.commit("lora", run_id, {"lora_recoveries": pa.Table.from_pylist(rows, schema=LORA_RECOVERIES)}, day=started.date())
+    the_lake.commit("lora", run_id, {"lora_recoveries": rows}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
                {"repos_crawled": summary["recovered"], "repos_failed": summary["low"]})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence", run_id,
@@ -403,10 +393,10 @@ def adapter_features(lake: Lake, hub: str | None, run_id: str) -> dict[str, tupl
             continue
         out[repo_id] = (loc.revision, spectra)
         if (repo_id, loc.revision) not in done:
-            rows += [{"repo_id": repo_id, "revision": loc.revision, "layer": v, "features": s.float().tolist(), "run_id": run_id, "batch_id": ""}
+            rows += [{"repo_id": repo_id, "revision": loc.revision, "layer": v, "features": s.float().tolist()}
                      for v, s in spectra.items()]
     if rows:
-        lake.commit("dsire-spectra", run_id, {"lora_spectra": pa.Table.from_pylist(rows, schema=LORA_SPECTRA)})
+        lake.commit("dsire-spectra", run_id, {"lora_spectra": rows})
     return out
 
 
@@ -442,13 +432,7 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     arrays = model.to_arrays() | {"train_repos": np.array(train), "train_revisions": np.array([features[r][0] for r in train])}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    final = f"{the_lake.root}/{MODELS_DIR}/{model_id}.npz"
-    staged = f"{the_lake.root}/_staging/dsire-{run_id}.npz"
-    the_lake.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    with the_lake.fs.open(staged, "wb") as handle:
-        handle.write(buf.getvalue())
-    the_lake.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    the_lake.fs.mv(staged, final)
+    final = the_lake.write_blob(f"{MODELS_DIR}/{model_id}.npz", buf.getvalue())
     record_run(the_lake, "dsire-fit", run_id, params, started, "completed", {"repos_crawled": len(train)})
     logger.info("dsire model %s fitted on %d adapters", model_id, len(train))
     return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": final}
@@ -456,16 +440,13 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
 
 def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, DsireModel, set[str]]:
     """(id, model, its training adapters): ``model_id`` or the latest fit."""
-    folder = f"{lake.root}/{MODELS_DIR}"
-    found = sorted(lake.fs.glob(f"{folder}/*.npz")) if lake.fs.exists(folder) else []
-    if not found:
+    ids = [name.removesuffix(".npz") for name in lake.blobs(MODELS_DIR, ".npz")]
+    if not ids:
         raise LakeError(f"no DSiRe model in {lake.url}: run `hubtree dsire fit --lake {lake.url} --labels CSV` first")
-    ids = [posixpath.basename(p).removesuffix(".npz") for p in found]
     model_id = model_id or ids[-1]
     if model_id not in ids:
         raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(ids)})")
-    with lake.fs.open(f"{folder}/{model_id}.npz", "rb") as handle:
-        arrays = dict(np.load(io.BytesIO(handle.read()), allow_pickle=False))
+    arrays = dict(np.load(io.BytesIO(lake.read_blob(f"{MODELS_DIR}/{model_id}.npz")), allow_pickle=False))
     train = {str(r) for r in arrays.pop("train_repos")}
     arrays.pop("train_revisions", None)
     return model_id, DsireModel.from_arrays(arrays), train
@@ -491,8 +472,8 @@ def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = No
             skipped.append(repo_id)
             continue
         rows.append({"repo_id": repo_id, "revision": revision, "estimate": int(estimate[0]), "vote_share": float(share[0]),
-                     "n_layers": len(spectra) // 3, "model_id": model_id, "run_id": run_id, "batch_id": ""})
-    the_lake.commit("dsire", run_id, {"dataset_size_estimates": pa.Table.from_pylist(rows, schema=DATASET_SIZE_ESTIMATES)}, day=started.date())
+                     "n_layers": len(spectra) // 3, "model_id": model_id})
+    the_lake.commit("dsire", run_id, {"dataset_size_estimates": rows}, day=started.date())
     record_run(the_lake, "dsire", run_id, params, started, "completed", {"repos_crawled": len(rows), "repos_skipped": len(skipped)})
     if skipped:
         logger.info("%d adapters skipped: another base or LoRA config than model %s (first: %s)", len(skipped), model_id, skipped[0])

@@ -9,11 +9,10 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-import pyarrow as pa
 from prefect import get_run_logger
 
 from hubtree.lake import Lake
-from hubtree.schemas.tables import CRAWL_RUNS
+from hubtree.schemas.tables import BOOKKEEPING, CRAWL_RUNS
 
 
 def record_run(
@@ -21,7 +20,7 @@ def record_run(
 ) -> None:
     """Commit the run's current state; ``counts`` fills whichever count columns it names."""
     row = {
-        **{k: v for k, v in (counts or {}).items() if k in CRAWL_RUNS.names},
+        **{k: v for k, v in (counts or {}).items() if k in CRAWL_RUNS.names and k not in BOOKKEEPING},
         "flow": flow,
         "status": status,
         "hub": params.get("hub"),
@@ -29,10 +28,8 @@ def record_run(
         "parameters": json.dumps(params, sort_keys=True, default=str),
         "started_at": started,
         "finished_at": None if status == "running" else datetime.now(timezone.utc),
-        "run_id": run_id,
-        "batch_id": "",
     }
-    lake.commit("runs", run_id, {"crawl_runs": pa.Table.from_pylist([row], schema=CRAWL_RUNS)}, day=started.date())
+    lake.commit("runs", run_id, {"crawl_runs": [row]}, day=started.date())
 
 
 def begin_run(

@@ -14,7 +14,6 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
-import pyarrow as pa
 import ray
 import torch
 from prefect import flow, get_run_logger, task
@@ -29,10 +28,8 @@ from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
 from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
-from hubtree.pipelines.catalog_rows import error_row
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.schemas.tables import CRAWL_ERRORS, LAYER_SKETCHES, LAYER_STATS, PROBE_FEATURES
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
@@ -105,7 +102,7 @@ class StatsWorker:
         for name, t in tensors.items():
             e = entries[name]
             key = {"repo_id": out.unit.repo_id, "revision": out.unit.revision, "tensor": name, "file": file,
-                   "dtype": e.dtype, "shape": list(e.shape), "run_id": "", "batch_id": ""}
+                   "dtype": e.dtype, "shape": list(e.shape)}
             out.rows["layer_stats"].append({**key, **asdict(stats[name]), "device": self.device.type})
             if t.ndim == 2:
                 t = t.to(self.device)
@@ -159,14 +156,12 @@ def pending_units(lake: Lake, layers: str | None) -> list[ModelUnit]:
 def stats_batch(pool: WorkerPool, units: list[ModelUnit], lake: Lake, run_id: str, day: date) -> list[UnitResult]:
     """Process a batch of models on the pool and commit their rows as one unit."""
     results = sorted(pool.map_unordered(lambda actor, unit: actor.process.remote(unit), units), key=lambda r: r.unit.repo_id)
-    tables = {name: [] for name in ("layer_stats", "layer_sketches", "probe_features")}
+    rows: dict[str, list[dict]] = {name: [] for name in ("layer_stats", "layer_sketches", "probe_features")}
     for result in results:
-        for name, rows in result.rows.items():
-            tables[name] += [{**row, "run_id": run_id} for row in rows]
-    schemas = {"layer_stats": LAYER_STATS, "layer_sketches": LAYER_SKETCHES, "probe_features": PROBE_FEATURES}
-    commit = {name: pa.Table.from_pylist(rows, schema=schemas[name]) for name, rows in tables.items()}
-    commit["crawl_errors"] = pa.Table.from_pylist([error_row(e, run_id) for r in results for e in r.errors], schema=CRAWL_ERRORS)
-    lake.commit("stats", run_id, commit, day=day)
+        for name, table_rows in result.rows.items():
+            rows[name] += table_rows
+    rows["crawl_errors"] = [asdict(e) for r in results for e in r.errors]
+    lake.commit("stats", run_id, rows, day=day)
     return results
 
 

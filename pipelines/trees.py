@@ -10,7 +10,6 @@ from __future__ import annotations
 
 
 import numpy as np
-import pyarrow as pa
 from prefect import flow, get_run_logger
 
 from hubtree.lake import Lake
@@ -18,7 +17,6 @@ from hubtree.ops.trees.families import architecture_signature, distance_vector, 
 from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
 from hubtree.ops.trees.priors import DeclaredRow, DirectionRule
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.schemas.tables import FAMILIES, TREE_EDGES
 
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
 
@@ -71,7 +69,8 @@ def declared_rows(lake: Lake) -> list[DeclaredRow]:
     ]
 
 
-def tree_tables(trees: Trees, models: Models, revisions: dict[str, str], relation: dict[str, str], run_id: str) -> dict[str, pa.Table]:
+def tree_rows(trees: Trees, revisions: dict[str, str], relation: dict[str, str]) -> dict[str, list[dict]]:
+    """Rows for tree_edges and families (one family row per model, from its first edge)."""
     rules = {f.family: f.rule for f in trees.families}
     signature_of = {f.family: f.signature for f in trees.families}
     edges, families = [], {}
@@ -82,18 +81,13 @@ def tree_tables(trees: Trees, models: Models, revisions: dict[str, str], relatio
             "relation": "duplicate" if e.source == "duplicate" else relation.get(e.child) if e.source == "declared" else None,
             "confidence": None if np.isnan(e.confidence) else e.confidence, "distance": None,
             "kurtosis_parent": _num(e.kurtosis_parent), "kurtosis_child": _num(e.kurtosis_child),
-            "run_id": run_id, "batch_id": "",
         })
         families.setdefault(e.child, {
             "repo_id": e.child, "revision": revisions.get(e.child, ""), "family_id": e.family,
             "assigned_by": {"weights": "weights", "root": "weights"}.get(e.source, e.source),
             "signature": signature_of.get(e.family), "direction_rule": _rule(rules.get(e.family)),
-            "run_id": run_id, "batch_id": "",
         })
-    return {
-        "tree_edges": pa.Table.from_pylist(edges, schema=TREE_EDGES),
-        "families": pa.Table.from_pylist(list(families.values()), schema=FAMILIES),
-    }
+    return {"tree_edges": edges, "families": list(families.values())}
 
 
 def lake_edges(lake: Lake) -> list[TreeEdge]:
@@ -130,7 +124,7 @@ def trees_flow(lake: str, use_declared: bool = True, k: int = 10) -> dict:
         logger.warning("no models with sketched attention layers: run `hubtree stats --lake %s` first", lake)
         return {"run_id": run_id, "status": "completed", "models": 0, "families": 0, "edges": 0}
     trees = recover_trees(models, declared_rows(the_lake) if use_declared else (), k=k)
-    the_lake.commit("trees", run_id, tree_tables(trees, models, revisions, relation, run_id), day=started.date())
+    the_lake.commit("trees", run_id, tree_rows(trees, revisions, relation), day=started.date())
     summary = {"run_id": run_id, "status": "completed", "models": len(models.ids), "families": len(trees.families), "edges": len(trees.edges)}
     record_run(the_lake, "trees", run_id, params, started, "completed", {"repos_crawled": len(models.ids)})
     logger.info("trees %s: %d models in %d families", run_id, summary["models"], summary["families"])

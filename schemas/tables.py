@@ -6,12 +6,16 @@ commit it belongs to); repo-keyed tables carry ``repo_id`` and ``revision``. The
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 
 _KEY = [pa.field("repo_id", pa.string(), nullable=False), pa.field("revision", pa.string(), nullable=False)]
 _BOOKKEEPING = [pa.field("run_id", pa.string(), nullable=False), pa.field("batch_id", pa.string(), nullable=False)]
+BOOKKEEPING = ("run_id", "batch_id")  # filled by the lake writer, never by a row
 
 
 def _table(*fields: pa.Field, keyed: bool = True) -> pa.Schema:
@@ -239,3 +243,24 @@ LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lo
 
 # Tables whose rows describe one repo revision; their views keep the latest revision per repo.
 REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")
+
+
+def arrow_rows(table: str, rows: Sequence[Mapping[str, Any]], run_id: str, batch_id: str) -> pa.Table:
+    """Rows of ``table`` as Arrow, built by its schema: the one row builder, used by the lake writer.
+
+    A row is a mapping from the table's column names to values; a nullable column it
+    leaves out is null. ``run_id`` and ``batch_id`` come from the commit, so a row
+    must not carry them. A column the table does not have, or a required column left
+    empty, raises ValueError: a renamed field cannot silently become a null column.
+    """
+    schema = SCHEMAS[table]
+    allowed = set(schema.names) - set(BOOKKEEPING)
+    required = [f.name for f in schema if not f.nullable and f.name not in BOOKKEEPING]
+    for row in rows:
+        unknown = row.keys() - allowed
+        if unknown:
+            raise ValueError(f"{table} has no column {', '.join(sorted(unknown))}")
+        missing = [c for c in required if row.get(c) is None]
+        if missing:
+            raise ValueError(f"{table} needs a value for {', '.join(missing)}")
+    return pa.Table.from_pylist([{**row, "run_id": run_id, "batch_id": batch_id} for row in rows], schema=schema)

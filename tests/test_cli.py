@@ -4,13 +4,11 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from hubtree.cli import main
 from hubtree.lake import Lake
-from hubtree.schemas.tables import REPOS
 
 
 def verbs(group, prefix=()):
@@ -35,8 +33,8 @@ def test_console_script_runs():
 
 @pytest.fixture
 def lake(tmp_path):
-    rows = [{"repo_id": f"org/m{i}", "revision": "s", "author": "org", "crawled_at": datetime.now(timezone.utc), "run_id": "r", "batch_id": ""} for i in range(3)]
-    Lake(str(tmp_path)).commit("crawl", "r", {"repos": pa.Table.from_pylist(rows, schema=REPOS)})
+    rows = [{"repo_id": f"org/m{i}", "revision": "s", "author": "org", "crawled_at": datetime.now(timezone.utc)} for i in range(3)]
+    Lake(str(tmp_path)).commit("crawl", "r", {"repos": rows})
     return str(tmp_path)
 
 

@@ -2,7 +2,6 @@
 import shutil
 import subprocess
 
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -10,7 +9,6 @@ from hubtree.cli import main
 from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.stats import stats_flow
-from hubtree.schemas.tables import FAMILIES, TREE_EDGES
 from tests.hubs import add_repo
 
 
@@ -27,8 +25,8 @@ def lake(tmp_path_factory, flows):
                "confidence": 0.4 * i / 3 + 0.5} for i in (1, 2, 3)]
     families = [{"repo_id": f"org/m{i}", "revision": "r", "family_id": 0, "direction_rule": "kurtosis falls"} for i in range(4)]
     Lake(lake_dir).commit("trees", "t1", {
-        "tree_edges": pa.Table.from_pylist([{**e, "run_id": "t1", "batch_id": ""} for e in edges], schema=TREE_EDGES),
-        "families": pa.Table.from_pylist([{**f, "run_id": "t1", "batch_id": ""} for f in families], schema=FAMILIES),
+        "tree_edges": edges,
+        "families": families,
     })
     return lake_dir
 
