@@ -1,11 +1,9 @@
 """The LoRA flows: Spectral DeTuning over attack sets found in the lake, and DSiRe over its adapters.
 
-``lora_flow`` groups the lake's full-weight repos by the parent they declare (the parent may be
-absent from the hub, like an unpublished base). Repos that declare no parent at all join a group
-when they differ from its reference member at low rank in every candidate layer (a LoRA merge
-whose card says nothing). Each group is checked with ``check_attack_set`` on a pool of Ray
-actors (which members are LoRA merges of one base, which layers were targeted, at what rank),
-then its targeted layers are detuned, same-shape layers of one rank batched into one
+``lora_flow`` reads the lake's full-weight repos, tensors and declared edges and lets
+``ops.lora.groups`` group them by declared parent; each group is checked on a pool of Ray
+actors (which members are LoRA merges of one base, which layers were targeted, at what
+rank), then its targeted layers are detuned, same-shape layers of one rank batched into one
 ``spectral_detuning_batch`` call. Recovered layers go to one safetensors file per base under
 ``<lake>/recovered/``; every group, recovered or not, leaves ``lora_recoveries`` rows, with
 ``confidence = "low: <why>"`` where it could not be attacked.
@@ -18,10 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-from collections import Counter, defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import logging
+from collections import defaultdict
 
 import numpy as np
 import ray
@@ -32,33 +28,15 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError, LakeError, LoraSetError
 from hubtree.lake import Lake
-from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.hub.source import RepoRef
-from hubtree.ops.lora.attack_sets import MIN_MERGES, check_attack_set
-from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
-from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
-from hubtree.pipelines.ray_runtime import HubConnections, actor_device, actor_options, actor_pool
+from hubtree.ops.lora import groups
+from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
+from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResult, RepoLoc, detune_units
+from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for, read_tensor
+from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
 
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-STORAGE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-MAX_CANDIDATES = 64  # undeclared repos tried per group (each costs one pairwise rank test per layer)
-UNIT_BYTES = 256 * 1024 * 1024  # float64 stack of one detuning unit: (L, n, m, d) * 8 bytes
 ADAPTER_FILE = "adapter_model.safetensors"
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class RepoLoc:
-    """Where one repo revision's layers are: ``files`` maps layer name -> file in the repo."""
-
-    repo_id: str
-    revision: str
-    hub: str
-    files: dict[str, str]
-    dtypes: dict[str, str]
 
 
 def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_override: str | None = None) -> dict[str, torch.Tensor]:
@@ -75,60 +53,9 @@ def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_overri
     return out
 
 
-def _eps(locs: list[RepoLoc], names: list[str]) -> float:
-    """The coarsest storage rounding among the layers read (they are upcast to float32)."""
-    return max(torch.finfo(STORAGE.get(loc.dtypes[n], torch.float32)).eps for loc in locs for n in names)
-
-
-# ----------------------------------------------------------------------------- plan
-
-
-@dataclass
-class GroupPlan:
-    """One declared parent: its declaring members, undeclared candidates, and the candidate layers."""
-
-    base_repo: str
-    members: list[RepoLoc]
-    candidates: list[RepoLoc]
-    layers: list[str]
-    shapes: dict[str, tuple]  # layer -> (m, d)
-    base: RepoLoc | None  # the base itself, when it is in the lake (for W-Error)
-    excluded: dict[str, str] = field(default_factory=dict)  # declaring repo left out -> why
-
-
-@dataclass
-class GroupCheck:
-    plan: GroupPlan
-    members: list[RepoLoc] = field(default_factory=list)
-    layers: dict[str, int] = field(default_factory=dict)  # targeted layer -> rank
-    problem: str | None = None  # None: ready to detune
-
-
-@dataclass
-class DetuneUnit:
-    base_repo: str
-    layers: list[str]
-    rank: int
-    members: list[RepoLoc]
-    base: RepoLoc | None
-    iterations: int
-
-
-@dataclass
-class LayerResult:
-    base_repo: str
-    layer: str
-    rank: int
-    iterations: int
-    final_loss: float
-    w_error: float | None
-    weights: torch.Tensor
-    error: str | None = None
-
-
 @task(cache_policy=NONE)
 def plan_groups(lake: Lake, layers: str | None) -> list[GroupPlan]:
-    """Attack-set candidates from the lake: full-weight repos grouped by declared parent."""
+    """Attack-set candidates from the lake (``ops.lora.groups.plan_groups`` on its rows)."""
     repos = lake.query(
         """
         SELECT r.repo_id, r.revision, r.hub FROM repos r
@@ -141,64 +68,12 @@ def plan_groups(lake: Lake, layers: str | None) -> list[GroupPlan]:
         f"SELECT repo_id, revision, file, name, shape, dtype FROM tensors WHERE len(shape) = 2 AND dtype IN {FLOAT_DTYPES}"
     ).to_pylist()
     edges = lake.query("SELECT DISTINCT repo_id, parent_repo_id, relation FROM declared_edges").to_pylist()
-    pattern = re.compile(layers) if layers else None
-    shapes: dict[str, dict[str, tuple]] = defaultdict(dict)
-    locs = {}
-    info = {r["repo_id"]: r for r in repos}
-    per_repo: dict[str, list[dict]] = defaultdict(list)
-    for t in tensors:
-        if t["repo_id"] in info and t["revision"] == info[t["repo_id"]]["revision"] and (not pattern or pattern.search(t["name"])):
-            per_repo[t["repo_id"]].append(t)
-    for repo_id, rows in per_repo.items():
-        r = info[repo_id]
-        locs[repo_id] = RepoLoc(repo_id, r["revision"], r["hub"], {t["name"]: t["file"] for t in rows}, {t["name"]: t["dtype"] for t in rows})
-        shapes[repo_id] = {t["name"]: tuple(t["shape"]) for t in rows}
-    parents: dict[str, set[str]] = defaultdict(set)
-    declares = set()
-    for e in edges:
-        declares.add(e["repo_id"])
-        if e["repo_id"] in locs and e["relation"] not in ("adapter", "quantized") and e["parent_repo_id"] != e["repo_id"]:
-            parents[e["parent_repo_id"]].add(e["repo_id"])
-    undeclared = [r for r in sorted(locs) if r not in declares]
-    plans = []
-    for base_repo, children in sorted(parents.items()):
-        members, excluded = _one_architecture(sorted(children), shapes)
-        common = set(shapes[members[0]].items())
-        for m in members[1:]:
-            common &= set(shapes[m].items())
-        names = sorted(n for n, _ in common)
-        sig = {n: s for n, s in common}
-        candidates = [
-            locs[c] for c in undeclared
-            if c != base_repo and names and all(shapes[c].get(n) == s for n, s in sig.items())
-        ][:MAX_CANDIDATES]
-        base = locs.get(base_repo)
-        if base and not all(shapes[base_repo].get(n) == s for n, s in sig.items()):
-            base = None
-        plans.append(GroupPlan(base_repo, [locs[m] for m in members], candidates, names, sig, base, excluded))
-    return plans
-
-
-def _one_architecture(children: list[str], shapes: Mapping[str, Mapping[str, tuple]]) -> tuple[list[str], dict[str, str]]:
-    """The declaring repos that have every layer of the most common architecture among them, and the rest with why.
-
-    One model of another architecture that names the same base (a card's mistake, or a
-    distillation) must not empty the layers the others share; it is left out, and said so.
-    Ties go to the architecture with more layers, then to the first repo's in id order.
-    """
-    counts = Counter(frozenset(shapes[c].items()) for c in children)
-    layout = max(counts, key=lambda sig: (counts[sig], len(sig)))
-    keep = [c for c in children if layout <= set(shapes[c].items())]
-    why = "has other tensor names or shapes than the other models declaring this base"
-    return keep, {c: why for c in children if c not in keep}
-
-
-# ----------------------------------------------------------------------------- work
+    return groups.plan_groups(repos, tensors, edges, layers)
 
 
 @ray.remote
 class LoraWorker:
-    """Owns a device and a connection per hub; checks attack sets and detunes layers."""
+    """Owns a device and a connection per hub; checks attack sets and detunes layers (``ops.lora.groups``)."""
 
     def __init__(self, hub_override: str | None):
         self.hub_override = hub_override
@@ -209,76 +84,10 @@ class LoraWorker:
         return read_layers(self.hubs, loc, names, self.hub_override)
 
     def check(self, plan: GroupPlan) -> GroupCheck:
-        """Which declared members and undeclared candidates are LoRA merges of one base, and where."""
-        out = GroupCheck(plan)
-        names = plan.layers
-        if not names:
-            out.problem = "low: the members share no 2-D floating tensor of one shape"
-            return out
-        try:
-            weights = {loc.repo_id: self._read(loc, names) for loc in plan.members}
-            declared = [loc.repo_id for loc in plan.members]
-            eps = _eps(plan.members, names)
-            ref = declared[0]
-            if len(declared) >= 2:
-                ref = check_attack_set(weights, eps=eps).members[0]
-            joined = []
-            for cand in plan.candidates:
-                w = self._read(cand, names)
-                pair = check_attack_set({ref: weights[ref], cand.repo_id: w}, eps=max(eps, _eps([cand], names)))
-                if len(pair.members) == 2 and pair.layers:
-                    weights[cand.repo_id] = w
-                    joined.append(cand)
-            locs = {loc.repo_id: loc for loc in [*plan.members, *joined]}
-            if len(weights) < 2:
-                out.members = list(locs.values())
-                out.problem = (
-                    f"low: only 1 full-weight model ({ref}) declares {plan.base_repo} as its parent and no undeclared "
-                    f"model differs from it at low rank; Spectral DeTuning needs at least {MIN_MERGES} LoRA merges of one base"
-                )
-                return out
-            found = check_attack_set(weights, eps=_eps(list(locs.values()), names))
-        except HubtreeError as err:
-            out.problem = f"low: {type(err).__name__}: {err}"
-            return out
-        out.members = [locs[m] for m in found.members]
-        out.layers = dict(found.layers)
-        reasons = list(found.problems)
-        if found.excluded:
-            reasons.append("excluded: " + "; ".join(f"{m} {why}" for m, why in found.excluded.items() if m in declared))
-        if found.problems:
-            out.problem = "low: " + " ".join(reasons)
-        return out
+        return groups.check_group(plan, self._read)
 
     def detune(self, unit: DetuneUnit) -> list[LayerResult]:
-        """Spectral DeTuning of same-shape layers of one rank, in one batch."""
-        try:
-            per_member = [self._read(loc, unit.layers) for loc in unit.members]
-            stack = torch.stack([torch.stack([m[name] for m in per_member]) for name in unit.layers]).to(self.device)
-            results = spectral_detuning_batch(stack, unit.rank, unit.iterations)
-            truth = self._read(unit.base, unit.layers) if unit.base else {}
-        except HubtreeError as err:
-            return [LayerResult(unit.base_repo, name, unit.rank, 0, float("nan"), None, torch.empty(0), f"{type(err).__name__}: {err}")
-                    for name in unit.layers]
-        out = []
-        for name, res in zip(unit.layers, results):
-            weights = res.weights.cpu()
-            err = w_error(weights, truth[name]) if name in truth else None
-            out.append(LayerResult(unit.base_repo, name, unit.rank, res.iterations, res.loss_history[-1], err, weights))
-        return out
-
-
-def detune_units(check: GroupCheck, iterations: int) -> list[DetuneUnit]:
-    """Targeted layers of one checked group, same shape and rank batched (each unit within ``UNIT_BYTES``)."""
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for name, rank in sorted(check.layers.items()):
-        groups[(rank, check.plan.shapes[name])].append(name)
-    units = []
-    for (rank, (m, d)), names in groups.items():
-        per = max(1, UNIT_BYTES // (8 * m * d * len(check.members)))
-        for start in range(0, len(names), per):
-            units.append(DetuneUnit(check.plan.base_repo, names[start : start + per], rank, check.members, check.plan.base, iterations))
-    return units
+        return groups.detune(unit, self._read, self.device)
 
 
 def _row(base_repo: str, layer: str, sources: list[str], confidence: str, **rest) -> dict:
@@ -309,6 +118,8 @@ def lora_flow(
     """Spectral DeTuning of every LoRA attack set in ``lake``: recovered bases and ``lora_recoveries`` rows.
 
     ``hub`` overrides where weights are read from; ``layers`` is a regex on tensor names.
+    Three phases: check every group, detune the targeted layers of the groups that pass,
+    write each recovered base and every group's rows.
     """
     logger = get_run_logger()
     params = {"lake": lake, "hub": hub, "layers": layers, "ray_address": ray_address, "iterations": iterations}
@@ -319,48 +130,67 @@ def lora_flow(
     if plans:
         with actor_pool(lambda n: LoraWorker.options(**actor_options()).remote(hub), len(plans), ray_address) as pool:
             checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
-            units = []
-            for check in checks:
-                sources = [m.repo_id for m in check.members] or [m.repo_id for m in check.plan.members]
-                if check.plan.excluded:
-                    logger.info("%s: left out %s", check.plan.base_repo, "; ".join(f"{r} ({why})" for r, why in check.plan.excluded.items()))
-                if check.problem:
-                    summary["low"] += 1
-                    for name in sorted(check.layers) or ["*"]:
-                        rows.append(_row(check.plan.base_repo, name, sources, check.problem, rank=check.layers.get(name)))
-                    logger.info("%s: %s", check.plan.base_repo, check.problem)
-                    continue
-                units += detune_units(check, iterations)
-            results: dict[str, list[LayerResult]] = defaultdict(list)
-            with tqdm(total=len(units), unit="unit", desc="detune", disable=not progress) as bar:
-                for out in pool.map_unordered(lambda a, u: a.detune.remote(u), units):
-                    for res in out:
-                        results[res.base_repo].append(res)
-                    bar.update(1)
-        by_base = {c.plan.base_repo: c for c in checks}
-        for base_repo, layer_results in sorted(results.items()):
-            check = by_base[base_repo]
-            sources = [m.repo_id for m in check.members]
-            good = {r.layer: r for r in layer_results if r.error is None}
-            dtypes = check.members[0].dtypes
-            path = None
-            if good:
-                path = _save_weights(the_lake, base_repo, run_id, {n: r.weights.to(STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()})
-                summary["recovered"] += 1
-                summary["files"].append(path)
-            for r in sorted(layer_results, key=lambda r: r.layer):
-                if r.error:
-                    rows.append(_row(base_repo, r.layer, sources, f"low: {r.error}", rank=r.rank))
-                    continue
-                summary["layers"] += 1
-                rows.append(_row(base_repo, r.layer, sources, "ok", rank=r.rank, iterations=r.iterations,
-                                 final_loss=r.final_loss, w_error=r.w_error, weights_path=path))
+            rows, units = _checked(checks, iterations, logger)
+            summary["low"] = sum(c.problem is not None for c in checks)
+            results = _detune(pool, units, progress)
+        rows += _recovered_rows(the_lake, run_id, checks, results, summary)
     the_lake.commit("lora", run_id, {"lora_recoveries": rows}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
                {"repos_crawled": summary["recovered"], "repos_failed": summary["low"]})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence", run_id,
                 summary["groups"], summary["recovered"], summary["layers"], summary["low"])
     return summary
+
+
+def _checked(checks: list[GroupCheck], iterations: int, logger: logging.Logger | logging.LoggerAdapter) -> tuple[list[dict], list[DetuneUnit]]:
+    """Phase 1: rows for the groups that cannot be attacked, and the detuning units of the rest."""
+    rows, units = [], []
+    for check in checks:
+        sources = [m.repo_id for m in check.members] or [m.repo_id for m in check.plan.members]
+        if check.plan.excluded:
+            logger.info("%s: left out %s", check.plan.base_repo, "; ".join(f"{r} ({why})" for r, why in check.plan.excluded.items()))
+        if check.problem:
+            for name in sorted(check.layers) or ["*"]:
+                rows.append(_row(check.plan.base_repo, name, sources, check.problem, rank=check.layers.get(name)))
+            logger.info("%s: %s", check.plan.base_repo, check.problem)
+            continue
+        units += detune_units(check, iterations)
+    return rows, units
+
+
+def _detune(pool: WorkerPool, units: list[DetuneUnit], progress: bool) -> dict[str, list[LayerResult]]:
+    """Phase 2: every unit detuned on the pool; results by base."""
+    results: dict[str, list[LayerResult]] = defaultdict(list)
+    with tqdm(total=len(units), unit="unit", desc="detune", disable=not progress) as bar:
+        for out in pool.map_unordered(lambda a, u: a.detune.remote(u), units):
+            for res in out:
+                results[res.base_repo].append(res)
+            bar.update(1)
+    return results
+
+
+def _recovered_rows(lake: Lake, run_id: str, checks: list[GroupCheck], results: dict[str, list[LayerResult]], summary: dict) -> list[dict]:
+    """Phase 3: each base's recovered layers saved in its storage dtype, and one row per layer."""
+    rows = []
+    by_base = {c.plan.base_repo: c for c in checks}
+    for base_repo, layer_results in sorted(results.items()):
+        check = by_base[base_repo]
+        sources = [m.repo_id for m in check.members]
+        good = {r.layer: r for r in layer_results if r.error is None}
+        dtypes = check.members[0].dtypes
+        path = None
+        if good:
+            path = _save_weights(lake, base_repo, run_id, {n: r.weights.to(FLOAT_STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()})
+            summary["recovered"] += 1
+            summary["files"].append(path)
+        for r in sorted(layer_results, key=lambda r: r.layer):
+            if r.error:
+                rows.append(_row(base_repo, r.layer, sources, f"low: {r.error}", rank=r.rank))
+                continue
+            summary["layers"] += 1
+            rows.append(_row(base_repo, r.layer, sources, "ok", rank=r.rank, iterations=r.iterations,
+                             final_loss=r.final_loss, w_error=r.w_error, weights_path=path))
+    return rows
 
 
 # ----------------------------------------------------------------------------- DSiRe

@@ -26,12 +26,11 @@ from hubtree.ops.hub.catalog import CrawlError
 from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
-from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for, read_tensor
+from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
 
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
 CHUNK_BYTES = 512 * 1024 * 1024
 

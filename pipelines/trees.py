@@ -1,19 +1,17 @@
 """The trees flow: lake (sketches, kurtosis, declared edges, upload times) -> families, tree_edges.
 
-It reads only the lake: each model is a point built from the sketches of its square
-attention layers (``layer_sketches``), its direction witness is the kurtosis summed over
-the attention output projections (``layer_stats``), and the declared graph comes from
-``declared_edges``. The forest is recomputed whole on every run and committed as one
-batch; the views show the latest run.
+It reads only the lake: the sketches of each model's layers (``layer_sketches``) and their
+kurtosis (``layer_stats``), from which ``ops.trees.inputs`` builds each model's point and
+direction witness, and the declared graph (``declared_edges``). The forest is recomputed
+whole on every run and committed as one batch; the views show the latest run.
 """
 from __future__ import annotations
-
 
 import numpy as np
 from prefect import flow, get_run_logger
 
 from hubtree.lake import Lake
-from hubtree.ops.trees.families import architecture_signature, distance_vector, output_projections, square_attention_layers
+from hubtree.ops.trees.inputs import models_from_layers
 from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
 from hubtree.ops.trees.priors import DeclaredRow, DirectionRule
 from hubtree.pipelines.run_log import begin_run, record_run
@@ -39,26 +37,7 @@ def load_models(lake: Lake) -> tuple[Models, dict[str, str], dict[str, str]]:
         r["repo_id"]: r["relation"]
         for r in lake.query("SELECT repo_id, relation FROM declared_edges WHERE relation IS NOT NULL").to_pylist()
     }
-    by_model: dict[str, list[dict]] = {}
-    for row in rows:
-        by_model.setdefault(row["repo_id"], []).append(row)
-    ids, signatures, vectors, kurtosis, created, quantized, revisions, sizes = [], [], [], [], [], [], {}, {}
-    for repo_id, layers in by_model.items():
-        shapes = {r["tensor"]: r["shape"] for r in layers}
-        chosen = square_attention_layers(shapes)
-        if not chosen:
-            continue  # adapters and models without attention matrices have no place in weight space
-        by_name = {r["tensor"]: r for r in layers}
-        signature = architecture_signature(shapes, chosen)
-        ids.append(repo_id)
-        signatures.append(signature)
-        vectors.append(distance_vector([by_name[n]["sketch"] for n in chosen], [int(np.prod(shapes[n])) for n in chosen]))
-        kurtosis.append(sum(by_name[n]["kurtosis"] for n in output_projections(chosen)))
-        created.append(layers[0]["created_at"] if layers[0]["created_at"] is not None else np.nan)
-        quantized.append(relation.get(repo_id) == "quantized")
-        revisions[repo_id] = layers[0]["revision"]
-        sizes[signature] = [len(by_name[n]["sketch"]) for n in chosen]
-    models = Models(ids, signatures, vectors, np.array(kurtosis), np.array(created, dtype=float), np.array(quantized), sizes)
+    models, revisions = models_from_layers(rows, relation)
     return models, revisions, relation
 
 

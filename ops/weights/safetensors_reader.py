@@ -53,6 +53,16 @@ DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
+# The floating dtypes, as torch stores them: what statistics and attacks read, and what recovered weights are written back as.
+FLOAT_STORAGE: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+FLOAT_DTYPES = tuple(FLOAT_STORAGE)
 
 
 class ByteSource(Protocol):

@@ -1,0 +1,61 @@
+"""Attack-set planning and checking, on rows and tensors alone (no lake, no hub, no Ray)."""
+from __future__ import annotations
+
+import torch
+
+from hubtree.ops.lora.groups import GroupPlan, RepoLoc, check_group, detune, detune_units, one_architecture, plan_groups
+
+
+def _repo(repo_id: str) -> dict:
+    return {"repo_id": repo_id, "revision": "r1", "hub": "/hub"}
+
+
+def _tensors(repo_id: str, shape=(8, 8), names=("q", "v")) -> list[dict]:
+    return [{"repo_id": repo_id, "revision": "r1", "file": "model.safetensors", "name": n, "shape": list(shape), "dtype": "F32"} for n in names]
+
+
+def test_groups_follow_declared_parents_and_keep_one_architecture():
+    repos = [_repo(r) for r in ("org/a", "org/b", "org/c", "org/wide", "org/free", "org/odd", "org/q")]
+    tensors = [t for r in ("org/a", "org/b", "org/c", "org/free", "org/q") for t in _tensors(r)]
+    tensors += _tensors("org/wide", shape=(8, 16)) + _tensors("org/odd", shape=(4, 4))
+    edges = [{"repo_id": r, "parent_repo_id": "hidden/base", "relation": "finetune"} for r in ("org/a", "org/b", "org/c", "org/wide")]
+    edges += [{"repo_id": "org/q", "parent_repo_id": "hidden/base", "relation": "quantized"}]
+    (plan,) = plan_groups(repos, tensors, edges, layers=None)
+    assert plan.base_repo == "hidden/base" and plan.base is None
+    assert [m.repo_id for m in plan.members] == ["org/a", "org/b", "org/c"]
+    assert set(plan.excluded) == {"org/wide"}  # another shape declaring the same base is left out, and said so
+    assert [c.repo_id for c in plan.candidates] == ["org/free"]  # undeclared and same shapes; org/odd differs, org/q declares
+    assert plan.layers == ["q", "v"] and plan.shapes == {"q": (8, 8), "v": (8, 8)}
+    assert plan_groups(repos, tensors, edges, layers="^q$")[0].layers == ["q"]
+
+
+def test_one_architecture_breaks_ties_by_more_layers():
+    shapes = {"a": {"q": (4, 4)}, "b": {"q": (4, 4), "v": (4, 4)}}
+    assert one_architecture(["a", "b"], shapes) == (["b"], {"a": "has other tensor names or shapes than the other models declaring this base"})
+
+
+def test_three_merges_of_one_base_are_checked_and_detuned():
+    torch.manual_seed(0)
+    base = {n: torch.randn(16, 16) for n in ("q", "v")}
+    weights = {}
+    for i in range(4):
+        weights[f"org/m{i}"] = {n: w + 0.1 * torch.randn(16, 2) @ torch.randn(2, 16) for n, w in base.items()}
+    locs = [RepoLoc(r, "r1", "/hub", {"q": "f", "v": "f"}, {"q": "F32", "v": "F32"}) for r in weights]
+
+    def read(loc: RepoLoc, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: weights[loc.repo_id][n] for n in names}
+
+    plan = GroupPlan("hidden/base", locs[:3], locs[3:], ["q", "v"], {"q": (16, 16), "v": (16, 16)}, None)
+    check = check_group(plan, read)
+    assert check.problem is None
+    assert sorted(m.repo_id for m in check.members) == sorted(weights)  # the undeclared merge joined
+    assert check.layers == {"q": 2, "v": 2}
+    (unit,) = detune_units(check, iterations=50)
+    results = detune(unit, read, torch.device("cpu"))
+    assert [r.layer for r in results] == ["q", "v"] and all(r.error is None and r.w_error is None for r in results)
+    assert all(r.weights.shape == (16, 16) for r in results)
+
+
+def test_a_group_without_shared_layers_is_low_confidence():
+    plan = GroupPlan("hidden/base", [], [], [], {}, None)
+    assert check_group(plan, lambda loc, names: {}).problem == "low: the members share no 2-D floating tensor of one shape"
