@@ -15,9 +15,9 @@ import pytest
 from hubtree.ops.hub.declared import edges_from_card, edges_from_tags, parse_card
 from hubtree.ops.trees.families import cluster_block
 from hubtree.ops.trees.mother import (
-    DECLARED_ELSEWHERE,
-    FREE,
+    Family,
     Models,
+    MotherOptions,
     TreeEdge,
     TrueTree,
     _mean_step,
@@ -209,18 +209,19 @@ def test_sparse_candidates_give_the_dense_tree():
         depth = np.zeros(60)
         for i in range(1, 60):
             depth[i] = depth[truth[i]] + 1
-        args = (x, -depth, np.arange(60.0), np.ones(60, bool), np.full(60, FREE), np.ones(60, bool))
-        sparse, dense = mother_tree(*args, k=8), mother_tree(*args, k=59)
+        family = Family(x, -depth, np.arange(60.0), np.ones(60, bool), np.ones(60, bool))
+        sparse, dense = mother_tree(family, MotherOptions(k=8)), mother_tree(family, MotherOptions(k=59))
         np.testing.assert_array_equal(sparse.parent, dense.parent)
         assert np.mean(sparse.parent[1:] == truth[1:]) >= 0.9
 
 
 def test_forced_and_rooted_members_keep_their_declared_place():
     x, _ = random_tree(12, 5)
-    forced = np.full(12, FREE)
-    forced[7], forced[3] = 0, DECLARED_ELSEWHERE
-    tree = mother_tree(x, np.zeros(12), np.arange(12.0), np.ones(12, bool), forced, np.ones(12, bool))
+    declared_parent, elsewhere = np.full(12, -1), np.zeros(12, bool)
+    declared_parent[7], elsewhere[3] = 0, True
+    tree = mother_tree(Family(x, np.zeros(12), np.arange(12.0), np.ones(12, bool), np.ones(12, bool), declared_parent, elsewhere))
     assert tree.parent[7] == 0 and tree.parent[3] == -1 and tree.confidence[7] == 1.0
+    assert np.isnan(tree.distance[3]) and np.all(tree.distance[tree.parent >= 0] >= 0)
 
 
 def test_arborescence_is_minimal_like_networkx():

@@ -35,6 +35,7 @@ from scipy.spatial.distance import squareform
 from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
 from hubtree.ops.trees.priors import (
     GROWTH_RULE,
+    PAPER_RULE,
     DeclaredGraph,
     DeclaredRow,
     DirectionRule,
@@ -45,9 +46,6 @@ from hubtree.ops.trees.priors import (
     duplicate_of,
     time_allows,
 )
-
-FREE, DECLARED_ELSEWHERE = -1, -2  # forced-parent codes of a family member with no declared parent inside
-
 
 @dataclass
 class Models:
@@ -96,6 +94,7 @@ class TreeEdge:
     confidence: float
     kurtosis_parent: float = float("nan")
     kurtosis_child: float = float("nan")
+    distance: float = float("nan")  # what MoTHer priced an inferred edge at (nan for declared, duplicate and root rows)
 
 
 @dataclass(frozen=True)
@@ -122,24 +121,69 @@ class Trees:
 
 
 @dataclass(frozen=True)
+class MotherOptions:
+    """MoTHer's knobs, as ``recover_trees`` passes them to every family's ``mother_tree``."""
+
+    k: int = 10  # candidate parents per child (the k nearest admissible models)
+    lam: float = 0.5  # MoTHer's lambda: the price of an edge against the direction rule, in typical steps
+    beta: float = 0.5  # the price of an edge turning back towards its parent's parent, in typical steps
+    rounds: int = 3  # at most this many trees; it stops early once the tree repeats
+
+
+@dataclass
+class Family:
+    """One family as ``mother_tree`` sees it: m members (placeholders last), one array entry each.
+
+    Args:
+        x: (m, d) distance vectors of the family's members.
+        seniority: the direction witness times the rule's sign: parents should have more
+            (nan: no opinion, e.g. a placeholder).
+        created_at: upload times (nan unknown); a parent is never newer than its child.
+        can_parent: False for quantized models (Hub prior: they are leaves).
+        steps: whether a member, as a child, is a fine-tuning step (False for quantized
+            copies and placeholders): only steps are corrected for and estimate delta.
+        declared_parent: the index of a member's declared parent inside the family, -1 for none.
+        declared_elsewhere: True where a member's declared parent is outside the family (or
+            it is a placeholder): it is a root here, at no cost.
+        placeholders: members without weights (missing declared parents), placed at their
+            children's mean: given, then re-placed at the mean of their children in each
+            tree, and seen from each of those children as the mean of the others.
+    """
+
+    x: np.ndarray
+    seniority: np.ndarray
+    created_at: np.ndarray
+    can_parent: np.ndarray
+    steps: np.ndarray
+    declared_parent: np.ndarray | None = None
+    declared_elsewhere: np.ndarray | None = None
+    placeholders: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        m = len(self.x)
+        if self.declared_parent is None:
+            self.declared_parent = np.full(m, -1, dtype=np.int64)
+        if self.declared_elsewhere is None:
+            self.declared_elsewhere = np.zeros(m, dtype=bool)
+        if self.placeholders is None:
+            self.placeholders = np.zeros(m, dtype=bool)
+
+    @property
+    def free(self) -> np.ndarray:
+        """Members whose parent comes from the weights: no declared parent, inside or out."""
+        return (self.declared_parent < 0) & ~self.declared_elsewhere
+
+
+@dataclass(frozen=True)
 class FamilyTree:
+    """``mother_tree``'s answer, per member: its parent, how sure, and the distance the edge was priced at."""
+
     parent: np.ndarray  # (m,) index within the family, -1 for roots
     confidence: np.ndarray  # (m,) nan for roots
+    distance: np.ndarray  # (m,) ||x_c - delta - x_p|| of the chosen edge in the last round; nan for roots
 
 
-def mother_tree(
-    x: np.ndarray,
-    seniority: np.ndarray,
-    created_at: np.ndarray,
-    can_parent: np.ndarray,
-    forced: np.ndarray,
-    steps: np.ndarray,
-    k: int = 10,
-    lam: float = 0.5,
-    beta: float = 0.5,
-    rounds: int = 3,
-    placeholders: np.ndarray | None = None,
-) -> FamilyTree:
+def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> FamilyTree:
     """The tree of one family: the min arborescence of, per candidate edge p -> c,
 
         M[p, c] = ||x_c - delta - x_p|| + s * (lam * T[p, c] + beta * cos angle(parent(p), p, c)).
@@ -151,46 +195,34 @@ def mother_tree(
     the turn an edge makes at p: a fine-tune moves on from its parent, so the path
     parent(p) -> p -> c runs straight or bends (cos <= 0), while a sibling posing as a
     parent sits back towards the common parent (cos > 0). ``s`` is the mean candidate cost
-    (MoTHer's mean(D)); T[p, c] = 1 when c looks more senior than p.
-
-    Args:
-        x: (m, d) distance vectors of the family's members.
-        seniority: the direction witness times the rule's sign: parents should have more
-            (nan: no opinion, e.g. a placeholder).
-        created_at: upload times (nan unknown); a parent is never newer than its child.
-        can_parent: False for quantized models (Hub prior: they are leaves).
-        forced: per member a declared parent's index, FREE, or DECLARED_ELSEWHERE (its
-            declared parent is outside the family: it is a root here, at no cost).
-        steps: whether a member, as a child, is a fine-tuning step (False for quantized
-            copies and placeholders): only steps are corrected for and estimate delta.
-        k: candidate parents per child; lam: MoTHer's lambda; beta: weight of the turn;
-        rounds: at most this many trees (it stops early once the tree repeats).
-        placeholders: members without weights (missing declared parents), placed at their
-            children's mean: given, then re-placed at the mean of their children in each
-            tree, and seen from each of those children as the mean of the others.
+    (MoTHer's mean(D)); T[p, c] = 1 when c looks more senior than p. A member's declared
+    parent inside the family is its parent at no cost; members declared elsewhere are roots.
+    It stops after ``options.rounds`` trees, or once the tree repeats.
     """
-    m = len(x)
+    fam, opt = family, options
+    x, m = fam.x, len(family.x)
     drift, parent = np.zeros(x.shape[1]), None
-    for _ in range(rounds):
-        queries = x - steps[:, None] * drift
-        p, c, d = _candidates(x, queries, created_at, can_parent, forced, k)
-        if parent is not None and placeholders is not None:
-            d = _leave_one_out(x, queries, parent, placeholders, p, c, d)
-        if len(p) == 0:
-            return FamilyTree(np.full(m, -1), np.full(m, np.nan))
-        s = _typical_step(c, d, m)
-        cost = d + lam * s * (seniority[c] > seniority[p])
+    for _ in range(opt.rounds):
+        queries = x - fam.steps[:, None] * drift
+        p, c, d = _candidates(fam, x, queries, opt.k)
         if parent is not None:
-            cost += beta * s * _cos_angle(x, np.where(parent[p] >= 0, parent[p], p), p, c)
-        cost[forced[c] == p] = 0.0
-        edge = _tree(m, p, c, cost, forced)
+            d = _leave_one_out(x, queries, parent, fam.placeholders, p, c, d)
+        if len(p) == 0:
+            return FamilyTree(np.full(m, -1), np.full(m, np.nan), np.full(m, np.nan))
+        s = _typical_step(c, d, m)
+        cost = d + opt.lam * s * (fam.seniority[c] > fam.seniority[p])
+        if parent is not None:
+            cost += opt.beta * s * _cos_angle(x, np.where(parent[p] >= 0, parent[p], p), p, c)
+        cost[fam.declared_parent[c] == p] = 0.0
+        edge = _tree(m, p, c, cost, fam)
         previous, parent = parent, _parents(p, edge)
         if previous is not None and np.array_equal(previous, parent):
             break
-        if placeholders is not None and placeholders.any():
-            x = _recentre(x, parent, np.nonzero(placeholders)[0])
-        drift = _mean_step(x, parent, steps)
-    return FamilyTree(parent, _margins(m, c, cost, edge, forced, s))
+        if fam.placeholders.any():
+            x = _recentre(x, parent, np.nonzero(fam.placeholders)[0])
+        drift = _mean_step(x, parent, fam.steps)
+    distance = np.where(edge >= 0, d[np.maximum(edge, 0)], np.nan)
+    return FamilyTree(parent, _margins(m, c, cost, edge, fam.free, s), distance)
 
 
 def _leave_one_out(
@@ -253,33 +285,34 @@ def _mean_step(x: np.ndarray, parent: np.ndarray, steps: np.ndarray) -> np.ndarr
     return (x[use].astype(np.float64) - x[parent[use]]).sum(axis=0) / len(children)
 
 
-def _candidates(x, queries, created_at, can_parent, forced, k) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(parent, child, distance) of every candidate edge: kNN among admissible parents, plus forced edges."""
-    free = forced == FREE
+def _candidates(fam: Family, x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(parent, child, distance) of every candidate edge: kNN among admissible parents, plus declared edges."""
+    free = fam.free
 
     def allowed(rows: np.ndarray) -> np.ndarray:
-        return can_parent[None, :] & time_allows(created_at[None, :], created_at[rows, None]) & free[rows, None]
+        return fam.can_parent[None, :] & time_allows(fam.created_at[None, :], fam.created_at[rows, None]) & free[rows, None]
 
     idx, dist = knn(x, k, queries, allowed)
     has = idx >= 0
     child = np.repeat(np.arange(len(x)), idx.shape[1]).reshape(idx.shape)[has]
-    tied = np.nonzero(forced >= 0)[0]
-    p = np.concatenate([idx[has], forced[tied]])
+    tied = np.nonzero(fam.declared_parent >= 0)[0]
+    p = np.concatenate([idx[has], fam.declared_parent[tied]])
     c = np.concatenate([child, tied])
-    return p, c, np.concatenate([dist[has], pair_distances(queries, x, tied, forced[tied])])
+    return p, c, np.concatenate([dist[has], pair_distances(queries, x, tied, fam.declared_parent[tied])])
 
 
-def _tree(m: int, p: np.ndarray, c: np.ndarray, cost: np.ndarray, forced: np.ndarray) -> np.ndarray:
+def _tree(m: int, p: np.ndarray, c: np.ndarray, cost: np.ndarray, fam: Family) -> np.ndarray:
     """Index of each member's incoming candidate edge in the min arborescence, -1 for roots.
 
-    A virtual root m reaches every member: free members at a cost above any tree (so
-    there are as few roots as the candidate graph allows), members declared elsewhere at 0.
+    A virtual root m reaches every member without a declared parent inside: free members
+    at a cost above any tree (so there are as few roots as the candidate graph allows),
+    members declared elsewhere at 0.
     """
-    rooted = np.nonzero(forced < 0)[0]
+    rooted = np.nonzero(fam.declared_parent < 0)[0]
     big = float(np.abs(cost).sum()) + 1.0
     src = np.concatenate([p, np.full(len(rooted), m)])
     dst = np.concatenate([c, rooted])
-    w = np.concatenate([cost, np.where(forced[rooted] == FREE, big, 0.0)])
+    w = np.concatenate([cost, np.where(fam.declared_elsewhere[rooted], 0.0, big)])
     edge = min_arborescence(m + 1, src, dst, w, root=m)[:m]
     return np.where(edge < len(p), edge, -1)
 
@@ -292,7 +325,7 @@ def _cos_angle(x: np.ndarray, r: np.ndarray, p: np.ndarray, c: np.ndarray) -> np
     return np.where((r == p) | ~np.isfinite(cos), 0.0, cos)
 
 
-def _margins(m: int, c: np.ndarray, cost: np.ndarray, edge: np.ndarray, forced: np.ndarray, scale: float) -> np.ndarray:
+def _margins(m: int, c: np.ndarray, cost: np.ndarray, edge: np.ndarray, free: np.ndarray, scale: float) -> np.ndarray:
     """How far each chosen parent beats the child's best other candidate, in typical distances, capped at 1."""
     conf = np.full(m, np.nan)
     chosen = np.nonzero(edge >= 0)[0]
@@ -301,8 +334,8 @@ def _margins(m: int, c: np.ndarray, cost: np.ndarray, edge: np.ndarray, forced: 
     others = np.ones(len(c), dtype=bool)
     others[edge[chosen]] = False
     np.minimum.at(best_other, c[others], cost[others])
-    free = chosen[(forced[chosen] == FREE) & np.isfinite(best_other[chosen])]
-    conf[free] = np.clip((best_other[free] - cost[edge[free]]) / scale, 0.0, 1.0)
+    inferred = chosen[free[chosen] & np.isfinite(best_other[chosen])]
+    conf[inferred] = np.clip((best_other[inferred] - cost[edge[inferred]]) / scale, 0.0, 1.0)
     return conf
 
 
@@ -329,15 +362,38 @@ def recover_trees(
     Args:
         models: every repo with weights (see ``Models``).
         declared: the lake's ``declared_edges`` rows, as they are (cleaned here).
-        k, lam, beta, rounds: ``mother_tree``'s; all_pairs_max: ``families.cluster_block``'s.
+        k, lam, beta, rounds: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
         default_rule: the direction rule when no declared edge joins two models of a family.
     """
     graph = declared_graph(declared, known=models.ids, created_at=dict(zip(models.ids, models.created_at.tolist())))
     parents = graph.parents()
     rep, family, clusterings, signature_of = _families(models, k, all_pairs_max)
+    index = {m: i for i, m in enumerate(models.ids)}
     norm = np.array([np.linalg.norm(np.asarray(v, dtype=np.float64)) for v in models.vectors])
     witnesses = {"kurtosis": models.kurtosis, "norm": norm}
-    index = {m: i for i, m in enumerate(models.ids)}
+    rules = _direction_rules(parents, index, rep, family, witnesses, len(signature_of), default_rule)
+    unique = np.nonzero(rep == np.arange(len(rep)))[0]
+    members_of = _group(family[unique], unique)
+    ghosts_of = _placeholders(graph, parents, index, family)
+    options = MotherOptions(k, lam, beta, rounds)
+    edges, reports = [], []
+    for f, rule in enumerate(rules):
+        members = members_of[f]
+        fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
+        edges += _inferred_edges(f, fam, mother_tree(fam.family, options))
+        timed = float(np.isfinite(models.created_at[members]).mean())
+        reports.append(FamilyReport(f, signature_of[f], len(members), rule, timed, tuple(fam.ids[len(members) :])))
+    placed = {g: r.family for r in reports for g in r.placeholders}
+    edges += _declared_and_duplicate_edges(models, graph, parents, rep, family, placed, edges)
+    return Trees(edges, reports, graph, clusterings)
+
+
+def _direction_rules(
+    parents: Mapping[str, list[str]], index: Mapping[str, int], rep: np.ndarray, family: np.ndarray,
+    witnesses: Mapping[str, np.ndarray], n_families: int, default_rule: DirectionRule,
+) -> list[DirectionRule]:
+    """Each family's direction rule: its own declared edges between distinct models, shrunk
+    towards all such edges in the lake; with none anywhere, ``default_rule``."""
     evidence = np.array([
         (rep[index[p]], rep[index[c]])
         for c, ps in parents.items() for p in ps
@@ -346,24 +402,10 @@ def recover_trees(
     lake = _votes(evidence, witnesses)
     lake_rule = choose_direction(lake, "lake") or default_rule
     evidence_of = _group(family[evidence[:, 1]], evidence)
-    unique = np.nonzero(rep == np.arange(len(rep)))[0]
-    members_of = _group(family[unique], unique)
-    ghosts_of = _placeholders(graph, parents, index, family)
-    edges, reports = [], []
-    for f in range(len(signature_of)):
-        rule = choose_direction(_votes(evidence_of.get(f, evidence[:0]), witnesses), "declared", prior=lake) or lake_rule
-        members = members_of[f]
-        fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
-        tree = mother_tree(
-            fam.x, fam.seniority, fam.created_at, fam.can_parent, fam.forced, fam.steps, k, lam, beta, rounds,
-            placeholders=np.arange(len(fam.ids)) >= len(members),
-        )
-        edges += _inferred_edges(f, fam, tree)
-        timed = float(np.isfinite(models.created_at[members]).mean())
-        reports.append(FamilyReport(f, signature_of[f], len(members), rule, timed, tuple(fam.ids[len(members) :])))
-    placed = {g: r.family for r in reports for g in r.placeholders}
-    edges += _declared_and_duplicate_edges(models, graph, parents, rep, family, placed, edges)
-    return Trees(edges, reports, graph, clusterings)
+    return [
+        choose_direction(_votes(evidence_of.get(f, evidence[:0]), witnesses), "declared", prior=lake) or lake_rule
+        for f in range(n_families)
+    ]
 
 
 def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
@@ -423,13 +465,8 @@ def _votes(evidence: np.ndarray, witnesses: Mapping[str, np.ndarray]) -> Votes:
 @dataclass(frozen=True)
 class _FamilyInput:
     ids: list[str]  # members, then placeholders
-    x: np.ndarray
-    seniority: np.ndarray
     kurtosis: np.ndarray
-    created_at: np.ndarray
-    can_parent: np.ndarray
-    forced: np.ndarray
-    steps: np.ndarray
+    family: Family
 
 
 def _family_input(models, members, rule, witnesses, ghosts, parents, rep, index) -> _FamilyInput:
@@ -439,32 +476,35 @@ def _family_input(models, members, rule, witnesses, ghosts, parents, rep, index)
     if ghosts:
         x = np.concatenate([x, np.stack([_rows(models.vectors, cs).mean(axis=0) for _, cs in ghosts])])
     local = {repo: j for j, repo in enumerate(ids)}
-    forced = np.full(len(ids), FREE, dtype=np.int64)
+    declared_parent = np.full(len(ids), -1, dtype=np.int64)
+    elsewhere = np.zeros(len(ids), dtype=bool)
     for j, repo in enumerate(ids):
         declared = [local.get(models.ids[rep[index[p]]] if p in index else p) for p in parents.get(repo, [])]
         inside = [q for q in declared if q is not None and q != j]
         if inside:
-            forced[j] = min(inside, key=lambda q: float(np.linalg.norm(x[q] - x[j])))
+            declared_parent[j] = min(inside, key=lambda q: float(np.linalg.norm(x[q] - x[j])))
         elif declared or j >= len(members):
-            forced[j] = DECLARED_ELSEWHERE  # a placeholder has no weights to place it by
+            elsewhere[j] = True  # a placeholder has no weights to place it by
     pad = np.full(len(ghosts), np.nan)
-    steps = np.concatenate([~models.quantized[members], np.zeros(len(ghosts), dtype=bool)])
-    return _FamilyInput(
-        ids, x, np.concatenate([rule.sign * witnesses[rule.witness][members], pad]),
-        np.concatenate([models.kurtosis[members], pad]), np.concatenate([models.created_at[members], pad]),
-        np.concatenate([~models.quantized[members], np.ones(len(ghosts), dtype=bool)]), forced, steps,
+    family = Family(
+        x, np.concatenate([rule.sign * witnesses[rule.witness][members], pad]), np.concatenate([models.created_at[members], pad]),
+        np.concatenate([~models.quantized[members], np.ones(len(ghosts), dtype=bool)]),
+        np.concatenate([~models.quantized[members], np.zeros(len(ghosts), dtype=bool)]),
+        declared_parent, elsewhere, np.arange(len(ids)) >= len(members),
     )  # fmt: skip
+    return _FamilyInput(ids, np.concatenate([models.kurtosis[members], pad]), family)
 
 
 def _inferred_edges(f: int, fam: _FamilyInput, tree: FamilyTree) -> list[TreeEdge]:
     """Rows of the members whose parent came from weights, and of roots; declared rows come later."""
     out = []
-    for j in np.nonzero(fam.forced == FREE)[0]:
+    for j in np.nonzero(fam.family.free)[0]:
         p, kc = int(tree.parent[j]), float(fam.kurtosis[j])
         if p < 0:
             out.append(TreeEdge(fam.ids[j], None, f, "root", float("nan"), float("nan"), kc))
         else:
-            out.append(TreeEdge(fam.ids[j], fam.ids[p], f, "weights", float(tree.confidence[j]), float(fam.kurtosis[p]), kc))
+            out.append(TreeEdge(fam.ids[j], fam.ids[p], f, "weights", float(tree.confidence[j]), float(fam.kurtosis[p]), kc,
+                                float(tree.distance[j])))
     return out
 
 
@@ -551,7 +591,8 @@ def _dense_mother(d: np.ndarray, kurtosis: np.ndarray, lam: float) -> np.ndarray
     if n == 1:
         return np.array([-1])
     off = ~np.eye(n, dtype=bool)
-    cost = d + lam * d[off].mean() * (kurtosis[None, :] > kurtosis[:, None])
+    seniority = PAPER_RULE.sign * kurtosis  # T[p, c] = 1 where the child looks more senior than the parent
+    cost = d + lam * d[off].mean() * (seniority[None, :] > seniority[:, None])
     graph = nx.DiGraph()
     graph.add_weighted_edges_from((p, c, float(cost[p, c])) for p in range(n) for c in range(n) if p != c)
     parent = np.full(n, -1)
