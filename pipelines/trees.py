@@ -7,13 +7,15 @@ whole on every run and committed as one batch; the views show the latest run.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from prefect import flow, get_run_logger
 
 from hubtree.lake import Lake
 from hubtree.ops.trees.inputs import models_from_layers
 from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
-from hubtree.ops.trees.priors import DeclaredRow, DirectionRule
+from hubtree.ops.trees.priors import DeclaredGraph, DeclaredRow, DirectionRule
 from hubtree.pipelines.run_log import begin_run, record_run
 
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
@@ -58,7 +60,7 @@ def tree_rows(trees: Trees, revisions: dict[str, str], relation: dict[str, str])
         edges.append({
             "child_repo_id": e.child, "parent_repo_id": e.parent, "family_id": e.family, "source": source,
             "relation": "duplicate" if e.source == "duplicate" else relation.get(e.child) if e.source == "declared" else None,
-            "confidence": None if np.isnan(e.confidence) else e.confidence, "distance": None,
+            "confidence": None if np.isnan(e.confidence) else e.confidence, "distance": _num(e.distance),
             "kurtosis_parent": _num(e.kurtosis_parent), "kurtosis_child": _num(e.kurtosis_child),
         })
         families.setdefault(e.child, {
@@ -107,4 +109,15 @@ def trees_flow(lake: str, use_declared: bool = True, k: int = 10) -> dict:
     summary = {"run_id": run_id, "status": "completed", "models": len(models.ids), "families": len(trees.families), "edges": len(trees.edges)}
     record_run(the_lake, "trees", run_id, params, started, "completed", {"repos_crawled": len(models.ids)})
     logger.info("trees %s: %d models in %d families", run_id, summary["models"], summary["families"])
+    _log_declared(logger, trees.declared)
     return summary
+
+
+def _log_declared(logger: logging.Logger | logging.LoggerAdapter, graph: DeclaredGraph) -> None:
+    """Say what cleaning the declared graph left out, and which children declare several parents."""
+    dropped = {reason: n for reason, n in graph.drop_counts().items() if n}
+    if dropped:
+        logger.info("declared edges left out: %s", ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
+    several = graph.multi_parent()
+    if several:
+        logger.info("%d models declare several parents (merges), e.g. %s", len(several), next(iter(several)))

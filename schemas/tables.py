@@ -172,7 +172,7 @@ TREE_EDGES = pa.schema(
         pa.field("source", pa.string(), nullable=False),  # declared | recovered | duplicate | root
         pa.field("relation", pa.string()),  # finetune | adapter | quantized | merge | duplicate, when known
         pa.field("confidence", pa.float64()),  # in [0, 1]; 1 for declared edges
-        pa.field("distance", pa.float64()),
+        pa.field("distance", pa.float64()),  # for recovered edges: the RMS weight distance MoTHer priced the edge at
         pa.field("kurtosis_parent", pa.float64()),  # the direction evidence
         pa.field("kurtosis_child", pa.float64()),
         *_BOOKKEEPING,

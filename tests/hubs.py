@@ -33,3 +33,14 @@ def add_repo(
     (repo / "config.json").write_text(json.dumps(config or {"model_type": "tiny", "architectures": ["Tiny"]}))
     save_file(weights if weights is not None else tiny_weights(seed), str(repo / "model.safetensors"))
     return repo
+
+
+def crawled_zoo(out: Path, seed: int) -> str:
+    """A tiny zoo trained for real at ``seed`` into ``out``, crawled into ``out/lake``; returns the lake."""
+    from hubtree.ops.zoo.build import ZooSpec, build_zoo
+    from hubtree.pipelines.crawl import crawl_flow
+
+    build_zoo(out, seed=seed, spec=ZooSpec.tiny(), progress=False)
+    lake = str(out / "lake")
+    crawl_flow(hub=str(out / "hub"), lake=lake, progress=False)
+    return lake

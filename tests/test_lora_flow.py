@@ -10,18 +10,16 @@ from safetensors.torch import load_file
 
 from hubtree.lake import Lake
 from hubtree.ops.lora.spectral_detuning import w_error
-from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
+from hubtree.ops.zoo.build import load_truth
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.lora import dsire_fit_flow, dsire_predict_flow, lora_flow
-from tests.hubs import add_repo, tiny_weights
+from tests.hubs import add_repo, crawled_zoo, tiny_weights
 
 
 @pytest.fixture(scope="module")
 def zoo_lake(tmp_path_factory, flows):
     out = tmp_path_factory.mktemp("lorazoo")
-    build_zoo(out, seed=0, spec=ZooSpec.tiny(), progress=False)
-    lake = str(out / "lake")
-    crawl_flow(hub=str(out / "hub"), lake=lake, progress=False)
+    lake = crawled_zoo(out, seed=0)
     return out, load_truth(out / "truth.json"), lake
 
 

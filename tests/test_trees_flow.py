@@ -4,18 +4,15 @@ from click.testing import CliRunner
 
 from hubtree.cli import main
 from hubtree.lake import Lake
-from hubtree.ops.zoo.build import ZooSpec, build_zoo
-from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.stats import stats_flow
 from hubtree.pipelines.trees import trees_flow
+from tests.hubs import crawled_zoo
 
 
 @pytest.fixture(scope="module")
 def zoo_lake(tmp_path_factory, flows):
     out = tmp_path_factory.mktemp("zoo")
-    build_zoo(out, seed=7, spec=ZooSpec.tiny(), progress=False)
-    lake = str(out / "lake")
-    crawl_flow(hub=str(out / "hub"), lake=lake, progress=False)
+    lake = crawled_zoo(out, seed=7)
     stats_flow(lake=lake, layers="self_attn", progress=False)
     return out, lake
 
@@ -28,6 +25,8 @@ def test_trees_from_weights_alone_are_scored_against_the_truth(zoo_lake):
     edges = the_lake.query("SELECT * FROM tree_edges").to_pylist()
     assert {e["source"] for e in edges} <= {"recovered", "root", "duplicate"}
     assert all(0 <= e["confidence"] <= 1 for e in edges if e["source"] == "recovered")
+    assert all(e["distance"] > 0 for e in edges if e["source"] == "recovered")  # what MoTHer priced the edge at
+    assert all(e["distance"] is None for e in edges if e["source"] != "recovered")
     rules = the_lake.query("SELECT DISTINCT direction_rule FROM families WHERE family_id >= 0").column(0).to_pylist()
     assert all(rules), "every family says which direction rule it got"
     result = CliRunner().invoke(main, ["eval-trees", "--lake", lake, "--truth", str(out / "truth.json")])

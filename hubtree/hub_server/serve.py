@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from hubtree.hub_server.app import DEFAULT_PAGE_SIZE, make_app
 from hubtree.hub_server.faults import FaultInjector, FaultSpec
 
+
 @dataclass
 class RunningServer:
     """A server running in a background thread: its base URL, and its fault injector's counts and request log."""
