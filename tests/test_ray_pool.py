@@ -1,6 +1,8 @@
 """The one Ray pool: its actors work, and are released when the block ends, also when it raises."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import ray
 
@@ -16,11 +18,17 @@ class Echo:
         return 2 * x, self.n
 
 
-def _dead(actor) -> bool:
-    try:
-        ray.get(actor.twice.remote(0), timeout=30)
-    except ray.exceptions.RayActorError:
-        return True
+def _dead(actor, within_s: float = 60.0) -> bool:
+    """Whether calls to ``actor`` fail as a dead actor's do within ``within_s`` (ray.kill takes effect asynchronously)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.twice.remote(0), timeout=10)
+        except ray.exceptions.RayActorError:
+            return True
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.5)
     return False
 
 
