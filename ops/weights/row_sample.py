@@ -1,0 +1,83 @@
+"""Sampled weights: one contiguous block of rows per tensor, at the same rows in every model.
+
+Safetensors stores a tensor row-major, so rows ``[begin, end)`` of its first axis are one
+byte range, ``[entry.begin + begin * row_bytes, entry.begin + end * row_bytes)``: one
+request, however the file is served. The block's place depends only on (seed, tensor name,
+shape) and its size on the budget, so every model of an architecture block is read at the
+same rows. Fine-tuning keeps neuron order, which is why a fixed sample estimates what the
+tree stage needs: for two models A and B with the same rows R sampled,
+
+    ||A_R - B_R||_F^2 * rows / |R|  ~=  ||A - B||_F^2,
+
+and moments (kurtosis) and norms of A_R are averages over its entries, unbiased for those
+of A when rows are exchangeable. Distances and witnesses are then compared between models
+at equal rows, so the sampling error is mostly shared and cancels in the comparisons.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hubtree.ops.weights.safetensors_reader import ByteSource, TensorEntry, decode
+
+DEFAULT_ROWS = 8  # per tensor: 128 attention matrices of a Llama-2-7B read at 8 rows are 0.062% of its bytes
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """Rows ``[begin, end)`` of a tensor's first axis; the whole tensor when it has no more."""
+
+    begin: int
+    end: int
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.begin
+
+
+def sample_rows(name: str, shape: tuple[int, ...] | list[int], rows: int, seed: int = 0) -> RowSample:
+    """Where ``rows`` consecutive rows of tensor ``name`` are read: fixed by (seed, name, shape).
+
+    A tensor with at most ``rows`` rows (or a 1-D one) is read whole. The start is a hash, not
+    Python's salted ``hash``, so every process and machine picks the same rows.
+    """
+    if rows < 1:
+        raise ValueError(f"rows per tensor must be at least 1, got {rows}")
+    n = int(shape[0]) if len(shape) > 1 else 1
+    if n <= rows:
+        return RowSample(0, n)
+    key = f"{seed}/{name}/{'x'.join(map(str, shape))}".encode()
+    start = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % (n - rows + 1)
+    return RowSample(start, start + rows)
+
+
+def row_bytes(entry: TensorEntry) -> int:
+    """Bytes of one row of the first axis (a 1-D tensor is one row)."""
+    return entry.nbytes // entry.shape[0] if len(entry.shape) > 1 and entry.shape[0] else entry.nbytes
+
+
+def sample_range(entry: TensorEntry, sample: RowSample) -> tuple[int, int]:
+    """The byte range ``[start, end)`` of ``sample`` in the tensor's file."""
+    step = row_bytes(entry)
+    return entry.begin + sample.begin * step, entry.begin + sample.end * step
+
+
+def read_rows(source: ByteSource, entry: TensorEntry, sample: RowSample) -> np.ndarray:
+    """The sampled rows as an array of the tensor's dtype, shape ``(rows, *shape[1:])``.
+
+    ``entry`` must come from the file's own validated header (``entries_for``), so the range
+    lies inside the tensor's bytes.
+    """
+    if sample.end > (entry.shape[0] if len(entry.shape) > 1 else 1) or sample.begin < 0:
+        raise ValueError(f"rows {sample.begin}-{sample.end} are outside tensor {entry.name!r} {entry.shape}")
+    start, end = sample_range(entry, sample)
+    shape = (sample.rows, *entry.shape[1:]) if len(entry.shape) > 1 else entry.shape
+    return decode(source.read(start, end), entry.dtype, shape)
+
+
+def sampled_bytes(shapes: list[tuple[int, ...]], itemsize: int, rows: int) -> int:
+    """Bytes a model's sample costs: ``rows`` rows of each tensor (all of a smaller one)."""
+    return sum(min(rows, s[0] if len(s) > 1 else 1) * (math.prod(s[1:]) if len(s) > 1 else s[0]) * itemsize for s in shapes)
