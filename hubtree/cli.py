@@ -185,22 +185,28 @@ def _parse_param(text: str) -> tuple[str, object]:
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from (e.g. a mirror).")
-@click.option("--layers", default=None, help="Only tensors whose name matches this regex (default: every floating tensor).")
+@click.option("--layers", default=None,
+              help="Only tensors whose name matches this regex (default: the tree stage's attention matrices; with --full, every floating tensor).")
+@click.option("--rows", type=int, default=None, help="Budget: rows read per tensor, one byte range each, at the same rows in every model (default: ops/weights/row_sample.DEFAULT_ROWS, 8).")
+@click.option("--full", is_flag=True, help="Read whole tensors instead of sampled rows (all their bytes).")
 @click.option("--batch-size", default=8, show_default=True, help="Models per atomic lake commit.")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
-def stats(lake, hub, layers, batch_size, ray_address) -> None:
+def stats(lake, hub, layers, rows, full, batch_size, ray_address) -> None:
     """Layer statistics, weight sketches and probe fingerprints for the lake's tensors.
 
     \b
     Writes layer_stats (moments, norms, ranks, WeightWatcher's alpha, log_norm,
     log_spectral_norm, alpha_weighted), layer_sketches (seeded JL sketches) and
-    probe_features. Runs on a pool of Ray actors, one device each (a GPU where the
-    cluster has them). Tensors already done are skipped: a rerun on an unchanged
-    lake does no work and adds no rows.
+    probe_features. By default of sampled rows of the tree stage's tensors: a block
+    of --rows rows per tensor, fixed by seed, name and shape (row_begin, row_end say
+    which); a Llama-2-7B then costs 0.06% of its bytes. --full reads whole tensors.
+    Runs on a pool of Ray actors, one device each (a GPU where the cluster has them).
+    Tensors already done are skipped: a rerun on an unchanged lake does no work and adds no rows.
     """
     from hubtree.pipelines.stats import stats_flow
 
-    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, batch_size=batch_size, ray_address=ray_address)
+    budget = {"rows": rows} if rows else {}
+    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address, **budget)
     click.echo(
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
         f"{summary['failed']} models with errors, {summary['bytes_fetched'] / 1e6:.2f} MB read"
@@ -404,7 +410,10 @@ def hub() -> None:
 @click.option("--fault-stall-every", default=0, help="Every Nth request stalls for --stall-seconds first.")
 @click.option("--fault-truncate-every", default=0, help="Every Nth body is cut short after its Content-Length was sent.")
 @click.option("--stall-seconds", default=2.0, show_default=True)
-def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds) -> None:
+@click.option("--big-family", default=0, show_default=True,
+              help="Also serve N Llama-2-7B-shaped repos (one base and its fine-tunes, bf16, ~13.5 GB each) computed on demand, never stored.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --big-family repos: same seed, same bytes.")
+def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds, big_family, seed) -> None:
     """Serve ROOT (a folder in Hub layout) as a Hub-compatible HTTP API.
 
     \b
@@ -413,17 +422,22 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
     /api/models/ID/tree/REV, and HEAD/GET /ID/resolve/REV/PATH with byte ranges.
     Use it as an air-gapped mirror:  hubtree crawl --hub http://127.0.0.1:8765 --lake L
     A repo folder holding a .gated file answers file reads with 401 unless a token is sent.
+    --big-family N serves a family of 7B-shaped repos whose bytes are computed per range
+    from --seed (its true tree: hubtree.ops.zoo.big_family.BigFamily(N, seed).truth()).
     """
     from hubtree.hub_server import FaultSpec
     from hubtree.hub_server import serve as serve_hub
+    from hubtree.hub_server.big import big_family_repos
+    from hubtree.ops.zoo.big_family import BigFamily
 
-    if root is None and not records:
-        raise click.UsageError("give a hub folder ROOT, --records FILE, or both")
+    if root is None and not records and not big_family:
+        raise click.UsageError("give a hub folder ROOT, --records FILE, --big-family N, or several")
     faults = FaultSpec(
         rate_limit_every=fault_429_every, server_error_every=fault_500_every, stall_every=fault_stall_every,
         truncate_every=fault_truncate_every, stall_s=stall_seconds,
     )
-    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None, page_size=page_size)
+    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None, page_size=page_size,
+              computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None)
 
 
 def _print_summary(summary: dict) -> None:

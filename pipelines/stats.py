@@ -1,11 +1,17 @@
 """The stats flow: lake tensors -> weights by range -> layer_stats, layer_sketches, probe_features.
 
+By default it reads, of the tensors the tree stage uses (the square attention matrices),
+one block of ``rows`` consecutive rows each (``ops/weights/row_sample``: one byte range,
+at rows fixed by seed, name and shape, so every model is sampled alike): a Llama-2-7B
+costs 0.06% of its bytes. ``full=True`` reads whole tensors, of ``layers`` (a regex) or
+of every floating tensor; ``layers`` without ``full`` samples the tensors it matches.
+
 Work goes to a pool of Ray actors, each owning one device (a GPU where the cluster
 has them, else a CPU). One work unit is one model revision: its tensors are read
 file by file (byte ranges from a remote hub, ``pread`` from a local folder), after the
 file's header is read again and checked, and the layers of the unit are handled in
 batches so same-shaped matrices share one batched eigen-decomposition. A tensor whose
-(repo, revision, name) already has statistics in the lake is never read again.
+(repo, revision, name, rows) already has statistics in the lake is never read again.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from hubtree.ops.hub.catalog import CrawlError
 from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
+from hubtree.ops.trees.families import square_attention_layers
+from hubtree.ops.weights.row_sample import DEFAULT_ROWS, RowSample, read_rows, sample_rows
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
@@ -43,6 +51,12 @@ class StatsSettings:
     sketch_seed: int = 0
     n_probes: int = 32
     probe_dim: int = 32
+    rows: int | None = DEFAULT_ROWS  # rows sampled per tensor; None: whole tensors
+    sample_seed: int = 0  # names where the rows are
+
+    def sample(self, name: str, shape) -> RowSample | None:
+        """The rows of tensor ``name`` this run reads (None: all of it)."""
+        return None if self.rows is None else sample_rows(name, tuple(shape), self.rows, self.sample_seed)
 
 
 @dataclass
@@ -87,7 +101,7 @@ class StatsWorker:
             try:
                 handle = source.open_file(ref, file)
                 for chunk in _chunks(entries_for(handle, names, file)):
-                    tensors = {e.name: as_float_tensor(read_tensor(handle, e)) for e in chunk}
+                    tensors = {e.name: as_float_tensor(self._read(handle, e)) for e in chunk}
                     self._rows(file, {e.name: e for e in chunk}, tensors, result)
             except HubtreeError as err:
                 result.errors.append(CrawlError.of(err, ref, "stats", file))
@@ -95,13 +109,20 @@ class StatsWorker:
                 result.bytes_read += handle.bytes_read if handle else 0
         return result
 
+    def _read(self, handle, entry):
+        """The tensor's sampled rows (one byte range), or all of it."""
+        sample = self.settings.sample(entry.name, entry.shape)
+        return read_tensor(handle, entry) if sample is None else read_rows(handle, entry, sample)
+
     def _rows(self, file: str, entries: dict, tensors: dict[str, torch.Tensor], out: UnitResult) -> None:
         s = self.settings
         stats = batch_layer_stats(tensors, self.device)
         for name, t in tensors.items():
             e = entries[name]
+            sample = s.sample(name, e.shape)
             key = {"repo_id": out.unit.repo_id, "revision": out.unit.revision, "tensor": name, "file": file,
-                   "dtype": e.dtype, "shape": list(e.shape)}
+                   "dtype": e.dtype, "shape": list(e.shape), "row_begin": sample and sample.begin,
+                   "row_end": sample and sample.end}
             out.rows["layer_stats"].append({**key, **asdict(stats[name]), "device": self.device.type})
             if t.ndim == 2:
                 t = t.to(self.device)
@@ -128,27 +149,47 @@ def _chunks(entries: list) -> list[list]:
 
 
 @task(cache_policy=NONE)
-def pending_units(lake: Lake, layers: str | None) -> list[ModelUnit]:
-    """Floating, non-empty tensors of the latest revisions with no statistics yet, grouped by model."""
+def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = StatsSettings()) -> list[ModelUnit]:
+    """Floating, non-empty tensors of the latest revisions without statistics at ``settings``' rows, by model.
+
+    Which tensors: those ``layers`` matches; without ``layers``, the tree stage's (square
+    attention matrices) when sampling, every floating tensor when reading whole ones.
+    ``nbytes`` counts what will be read: the sampled rows' bytes, or the whole tensors'.
+    """
     rows = lake.query(
         f"""
-        SELECT t.repo_id, t.revision, r.hub, t.file, t.name, t.data_end - t.data_begin AS nbytes
+        SELECT t.repo_id, t.revision, r.hub, t.file, t.name, t.shape, t.data_end - t.data_begin AS nbytes
         FROM tensors t JOIN repos r USING (repo_id, revision)
         WHERE t.dtype IN {FLOAT_DTYPES} AND t.numel > 0
-          AND NOT EXISTS (SELECT 1 FROM layer_stats_all s
-                          WHERE s.repo_id = t.repo_id AND s.revision = t.revision AND s.tensor = t.name)
         ORDER BY t.repo_id, t.file, t.data_begin
         """
     ).to_pylist()
-    pattern = re.compile(layers) if layers else None
-    units: dict[tuple[str, str], ModelUnit] = {}
+    done = {
+        (r["repo_id"], r["revision"], r["tensor"], r["row_begin"], r["row_end"])
+        for r in lake.query("SELECT DISTINCT repo_id, revision, tensor, row_begin, row_end FROM layer_stats_all").to_pylist()
+    }
+    by_model: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        if pattern and not pattern.search(row["name"]):
-            continue
-        unit = units.setdefault((row["repo_id"], row["revision"]), ModelUnit(row["repo_id"], row["revision"], row["hub"], {}, 0))
-        unit.files.setdefault(row["file"], []).append(row["name"])
-        unit.nbytes += row["nbytes"]
-    return list(units.values())
+        by_model.setdefault((row["repo_id"], row["revision"]), []).append(row)
+    pattern = re.compile(layers) if layers else None
+    units = []
+    for (repo_id, revision), tensors in by_model.items():
+        if pattern is not None:
+            chosen = {t["name"] for t in tensors if pattern.search(t["name"])}
+        elif settings.rows is not None:
+            chosen = set(square_attention_layers({t["name"]: t["shape"] for t in tensors}))
+        else:
+            chosen = {t["name"] for t in tensors}
+        unit = ModelUnit(repo_id, revision, tensors[0]["hub"], {}, 0)
+        for t in tensors:
+            sample = settings.sample(t["name"], t["shape"])
+            key = (repo_id, revision, t["name"], sample and sample.begin, sample and sample.end)
+            if t["name"] in chosen and key not in done:
+                unit.files.setdefault(t["file"], []).append(t["name"])
+                unit.nbytes += t["nbytes"] if sample is None else t["nbytes"] * sample.rows // max(1, t["shape"][0] if len(t["shape"]) > 1 else 1)
+        if unit.files:
+            units.append(unit)
+    return units
 
 
 @task(cache_policy=NONE)
@@ -176,17 +217,22 @@ def stats_flow(
     n_probes: int = StatsSettings.n_probes,
     probe_dim: int = StatsSettings.probe_dim,
     progress: bool = True,
+    full: bool = False,
+    rows: int = DEFAULT_ROWS,
+    sample_seed: int = StatsSettings.sample_seed,
 ) -> dict:
     """Layer statistics, sketches and probe features for every tensor in ``lake`` that lacks them.
 
     ``hub`` overrides where weights are read from (default: the hub each repo was
-    crawled from); ``layers`` is a regex on tensor names.
+    crawled from); ``layers`` is a regex on tensor names (default: the tree stage's
+    tensors when sampling, every floating tensor with ``full``); ``rows`` is the budget,
+    rows sampled per tensor; ``full`` reads whole tensors instead.
     """
     logger = get_run_logger()
-    settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim)
+    settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim, None if full else rows, sample_seed)
     params = {"lake": lake, "hub": hub, "layers": layers, "batch_size": batch_size, "ray_address": ray_address, **asdict(settings)}
     the_lake, run_id, started = begin_run(lake, "stats", params)
-    units = pending_units(the_lake, layers)
+    units = pending_units(the_lake, layers, settings)
     summary = {"run_id": run_id, "status": "completed", "models": len(units), "tensors": 0, "failed": 0, "bytes_fetched": 0}
     logger.info("%d models have tensors without statistics", len(units))
     if units:

@@ -1,9 +1,11 @@
 """The trees flow: lake (sketches, kurtosis, declared edges, upload times) -> families, tree_edges.
 
 It reads only the lake: the sketches of each model's layers (``layer_sketches``) and their
-kurtosis (``layer_stats``), from which ``ops.trees.inputs`` builds each model's point and
-direction witness, and the declared graph (``declared_edges``). The forest is recomputed
-whole on every run and committed as one batch; the views show the latest run.
+kurtosis and norms (``layer_stats``), from which ``ops.trees.inputs`` builds each model's
+point and direction witnesses, and the declared graph (``declared_edges``). Sketches and
+statistics are those of the sampled rows (``hubtree stats``' default) or, with ``full``, of
+whole tensors. The forest is recomputed whole on every run and committed as one batch; the
+views show the latest run.
 """
 from __future__ import annotations
 
@@ -21,17 +23,26 @@ from hubtree.pipelines.run_log import begin_run, record_run
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
 
 
-def load_models(lake: Lake) -> tuple[Models, dict[str, str], dict[str, str]]:
-    """The tree stage's input from the lake; also each model's revision and declared relation."""
+def load_models(lake: Lake, full: bool = False) -> tuple[Models, dict[str, str], dict[str, str]]:
+    """The tree stage's input from the lake; also each model's revision and declared relation.
+
+    Per tensor the sampled rows' sketch and statistics (the latest run's, if it was sampled
+    more than once), or with ``full`` those of the whole tensor.
+    """
     rows = lake.query(
-        """
-        SELECT r.repo_id, r.revision, s.tensor, s.shape, s.sketch, st.kurtosis,
+        f"""
+        SELECT r.repo_id, r.revision, s.tensor, s.shape, s.sketch, st.kurtosis, st.frobenius_norm, st.numel,
+               s.row_begin, s.row_end,
                -- Upload times only where a hub records uploads: a local folder's file times
                -- are copy times (cp, git clone) and would mislead the parent-is-older prior.
                CASE WHEN r.hub LIKE 'http%' THEN epoch(r.created_at) END AS created_at
         FROM repos r
-        JOIN layer_sketches s USING (repo_id, revision)
-        JOIN layer_stats st USING (repo_id, revision, tensor)
+        JOIN layer_sketches s ON s.repo_id = r.repo_id AND s.revision = r.revision
+        JOIN layer_stats st ON st.repo_id = s.repo_id AND st.revision = s.revision AND st.tensor = s.tensor
+             AND st.row_begin IS NOT DISTINCT FROM s.row_begin AND st.row_end IS NOT DISTINCT FROM s.row_end
+        JOIN lake_commits_all c ON c.batch_id = s.batch_id
+        WHERE s.row_begin IS {"" if full else "NOT "}NULL
+        QUALIFY row_number() OVER (PARTITION BY r.repo_id, s.tensor ORDER BY c.committed_at DESC) = 1
         ORDER BY r.repo_id, s.tensor
         """
     ).to_pylist()
@@ -94,15 +105,19 @@ def _rule(rule: DirectionRule | None) -> str | None:
 
 
 @flow(name="hubtree-trees", log_prints=True)
-def trees_flow(lake: str, use_declared: bool = True, k: int = 10) -> dict:
-    """Recover every family's tree from the lake; ``use_declared=False`` ignores declared edges (for evaluation)."""
+def trees_flow(lake: str, use_declared: bool = True, k: int = 10, full: bool = False) -> dict:
+    """Recover every family's tree from the lake; ``use_declared=False`` ignores declared edges (for evaluation).
+
+    ``full`` builds the trees from whole-tensor statistics (``hubtree stats --full``) rather than sampled rows.
+    """
     logger = get_run_logger()
-    params = {"lake": lake, "use_declared": use_declared, "k": k}
+    params = {"lake": lake, "use_declared": use_declared, "k": k, "full": full}
     the_lake, run_id, started = begin_run(lake, "trees", params)
-    models, revisions, relation = load_models(the_lake)
+    models, revisions, relation = load_models(the_lake, full)
     if not models.ids:
         record_run(the_lake, "trees", run_id, params, started, "completed")
-        logger.warning("no models with sketched attention layers: run `hubtree stats --lake %s` first", lake)
+        logger.warning("no models with sketched attention layers%s: run `hubtree stats --lake %s%s` first",
+                       " (whole tensors)" if full else "", lake, " --full" if full else "")
         return {"run_id": run_id, "status": "completed", "models": 0, "families": 0, "edges": 0}
     trees = recover_trees(models, declared_rows(the_lake) if use_declared else (), k=k)
     the_lake.commit("trees", run_id, tree_rows(trees, revisions, relation), day=started.date())

@@ -109,12 +109,16 @@ _TENSOR_KEY = [
     pa.field("file", pa.string()),
     pa.field("dtype", pa.string()),
     pa.field("shape", pa.list_(pa.int64())),
+    # The rows [row_begin, row_end) of the first axis that were read (ops/weights/row_sample:
+    # fixed by seed, name and shape, the same in every model); both null: the whole tensor.
+    pa.field("row_begin", pa.int64()),
+    pa.field("row_end", pa.int64()),
 ]
 
-# Per tensor: methods.md section 1. Matrix-only columns are null for 1-D tensors.
+# Per tensor (or its sampled rows): methods.md section 1. Matrix-only columns are null for 1-D tensors.
 LAYER_STATS = _table(
     *_TENSOR_KEY,
-    pa.field("numel", pa.int64()),
+    pa.field("numel", pa.int64()),  # entries the statistics saw (the sample's, for sampled rows)
     pa.field("mean", pa.float64()),
     pa.field("std", pa.float64()),
     pa.field("skewness", pa.float64()),

@@ -30,7 +30,7 @@ def hub(tmp_path_factory):
 def test_stats_match_scipy_and_rerun_adds_nothing(hub, tmp_path, flows):
     lake_dir = str(tmp_path / "lake")
     crawl_flow(hub=str(hub), lake=lake_dir, progress=False)
-    first = stats_flow(lake=lake_dir, progress=False)
+    first = stats_flow(lake=lake_dir, full=True, progress=False)
     assert first["tensors"] == 12 and first["failed"] == 0  # 4 floating tensors x 3 models; int64 skipped
     lake = Lake(lake_dir)
     row = lake.query("SELECT * FROM layer_stats WHERE repo_id = 'org/m1' AND tensor LIKE '%up_proj%'").to_pylist()[0]
@@ -44,7 +44,7 @@ def test_stats_match_scipy_and_rerun_adds_nothing(hub, tmp_path, flows):
     assert len(sketches) == 9 and all(s["n"] == s["width"] == 512 for s in sketches)
     assert lake.query("SELECT count(*) AS n FROM probe_features").to_pylist() == [{"n": 9}]
     before = {t: lake.query(f"SELECT count(*) AS n FROM {t}_all").to_pylist() for t in ("layer_stats", "layer_sketches", "probe_features")}
-    again = stats_flow(lake=lake_dir, progress=False)
+    again = stats_flow(lake=lake_dir, full=True, progress=False)
     assert again["models"] == 0 and again["tensors"] == 0
     assert {t: Lake(lake_dir).query(f"SELECT count(*) AS n FROM {t}_all").to_pylist() for t in before} == before
 
@@ -53,7 +53,7 @@ def test_stats_over_http_read_only_the_tensors_by_range(hub, tmp_path, flows):
     lake_dir = str(tmp_path / "lake")
     with running(hub) as server:
         crawl_flow(hub=server.url, lake=lake_dir, progress=False)
-        summary = stats_flow(lake=lake_dir, layers=r"q_proj", progress=False)
+        summary = stats_flow(lake=lake_dir, layers=r"q_proj", full=True, progress=False)
         ranges = [r[2] for r in server.faults.requests if r[2]]
     assert summary["tensors"] == 3
     wanted = Lake(lake_dir).query("SELECT data_begin, data_end FROM tensors WHERE name LIKE '%q_proj%'").to_pylist()
@@ -81,12 +81,12 @@ def test_killed_stats_run_resumes_without_loss_or_duplicates(tmp_path, flows):
     crawled = tmp_path / "crawled"
     crawl_flow(hub=str(tmp_path / "hub"), lake=str(crawled), progress=False)
     shutil.copytree(crawled, tmp_path / "reference")
-    stats_flow(lake=str(tmp_path / "reference"), batch_size=1, progress=False)
+    stats_flow(lake=str(tmp_path / "reference"), batch_size=1, full=True, progress=False)
 
     lake = tmp_path / "killed"
     shutil.copytree(crawled, lake)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    command = [sys.executable, "-m", "hubtree.cli", "stats", "--lake", str(lake), "--batch-size", "1",
+    command = [sys.executable, "-m", "hubtree.cli", "stats", "--lake", str(lake), "--batch-size", "1", "--full",
                "--ray-address", ray.get_runtime_context().gcs_address]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -104,3 +104,31 @@ def test_killed_stats_run_resumes_without_loss_or_duplicates(tmp_path, flows):
     assert rows(lake) == rows(tmp_path / "reference") and len(rows(lake)) == 30
     sketches = "SELECT repo_id, tensor, sketch FROM layer_sketches_all ORDER BY repo_id, tensor"
     assert Lake(str(lake)).query(sketches).to_pylist() == Lake(str(tmp_path / "reference")).query(sketches).to_pylist()
+
+
+def test_default_stats_sample_the_same_rows_of_every_model_as_one_range_each(hub, tmp_path, flows):
+    from hubtree.ops.weights.row_sample import DEFAULT_ROWS, sample_rows
+
+    lake_dir = str(tmp_path / "lake")
+    with running(hub) as server:
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        summary = stats_flow(lake=lake_dir, progress=False)
+        ranges = [r[2] for r in server.faults.requests if r[2]]
+    lake = Lake(lake_dir)
+    rows = lake.query("SELECT repo_id, tensor, row_begin, row_end, numel FROM layer_stats ORDER BY repo_id, tensor").to_pylist()
+    # The tree stage's tensors only (the two square attention matrices), at rows fixed by name and shape.
+    assert summary["tensors"] == len(rows) == 6 and {r["tensor"].split(".")[-2] for r in rows} == {"q_proj", "o_proj"}
+    for r in rows:
+        expected = sample_rows(r["tensor"], (32, 32), DEFAULT_ROWS)
+        assert (r["row_begin"], r["row_end"]) == (expected.begin, expected.end) and r["numel"] == DEFAULT_ROWS * 32
+    tensors = lake.query("SELECT name, dtype, data_begin FROM tensors WHERE name LIKE '%self_attn%'").to_pylist()
+    sampled = 0
+    for t in tensors:  # each sample is exactly one closed range of its rows' bytes
+        row_bytes = 32 * (2 if t["dtype"] == "BF16" else 4)
+        s = sample_rows(t["name"], (32, 32), DEFAULT_ROWS)
+        assert f"bytes={t['data_begin'] + s.begin * row_bytes}-{t['data_begin'] + s.end * row_bytes - 1}" in ranges
+        sampled += s.rows * row_bytes
+    assert sampled < summary["bytes_fetched"] < sampled + 3 * 2 * 1024  # plus each file's header, read twice
+    sketches = lake.query("SELECT row_begin, row_end FROM layer_sketches").to_pylist()
+    assert len(sketches) == 6 and all(s["row_begin"] is not None for s in sketches)
+    assert stats_flow(lake=lake_dir, progress=False)["models"] == 0  # sampled once, never again

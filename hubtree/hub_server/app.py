@@ -1,7 +1,9 @@
 """The ASGI app: the Hub's routes over a ``ServedHub``, Hub error codes, and the fault middleware in front."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from hubtree.errors import (
     RevisionNotFoundError,
 )
 from hubtree.hub_server.faults import FaultInjector, FaultMiddleware, FaultSpec
-from hubtree.hub_server.served import ServedHub, ServedRepo
+from hubtree.hub_server.served import ServedFile, ServedHub, ServedRepo
 from hubtree.hub_server.shapes import flag, listing_json, model_json, sort_repos, tree_json
 from hubtree.ops.hub.source import RepoQuery
 
@@ -40,12 +42,14 @@ def make_app(
     records: Sequence[Path] = (),
     faults: FaultSpec | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
+    computed: Mapping[str, ServedRepo] | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``root`` (a LocalHub folder, or None) and ``records``; see the package docstring.
+    """The ASGI app serving ``root`` (a LocalHub folder, or None), ``records`` and ``computed`` repos
+    (big-model mode: ``hub_server.big``); see the package docstring.
 
     ``app.state.faults`` is the FaultInjector (present without faults too, to log requests).
     """
-    served = ServedHub(Path(root) if root is not None else None, [Path(p) for p in records])
+    served = ServedHub(Path(root) if root is not None else None, [Path(p) for p in records], computed)
     injector = FaultInjector(faults or FaultSpec())
     app = Starlette(
         routes=routes(Endpoints(served, page_size)),
@@ -99,7 +103,7 @@ class Endpoints:
     def resolve(self, request: Request) -> Response:
         repo = self.repo_at(request)
         path = request.path_params["path"]
-        if path not in repo.files or (repo.files[path].local is None and repo.files[path].content is None):
+        if path not in repo.files or (repo.files[path].local is None and repo.files[path].content is None and repo.files[path].generate is None):
             raise EntryNotFoundError(f"Entry not found: {path}")
         if repo.gated and not request.headers.get("authorization", "").startswith("Bearer "):
             raise GatedRepoError(
@@ -110,6 +114,8 @@ class Endpoints:
         headers = {"X-Repo-Commit": repo.record.revision, "ETag": f'"{sha256 or oid}"'}
         if file.local is not None:
             return FileResponse(file.local, headers=headers)  # Range, 206, 416, HEAD, Accept-Ranges
+        if file.generate is not None:
+            return computed_range(request, file, headers)
         # Synthesized text is small: served whole, and said so (servers may ignore Range).
         return Response(file.content, headers={**headers, "Accept-Ranges": "none"}, media_type="text/plain")
 
@@ -120,6 +126,30 @@ class Endpoints:
         if rev not in (None, "main", repo.record.revision):
             raise RevisionNotFoundError(f"Invalid rev id: {rev}")
         return repo
+
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def computed_range(request: Request, file: ServedFile, headers: dict[str, str]) -> Response:
+    """A computed file's bytes for ``Range: bytes=a-b`` (206), or 416 past its end.
+
+    Without a Range the answer is the whole file, as a server would send it; for a big
+    model that is gigabytes computed on the fly, which is what a full read costs.
+    """
+    size = file.size or 0
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    match = _RANGE.match(request.headers.get("range", "").strip())
+    start, end = (int(match.group(1)), int(match.group(2)) + 1 if match.group(2) else size) if match else (0, size)
+    if start >= size:
+        return Response(b"", 416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    end = min(end, size)
+    if request.method == "HEAD":
+        return Response(b"", 200, headers={**headers, "Content-Length": str(size)})
+    status = 206 if match else 200
+    if match:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return Response(file.generate(start, end), status, headers=headers, media_type="application/octet-stream")
 
 
 async def hub_error(request: Request, err: Exception) -> Response:

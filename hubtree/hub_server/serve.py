@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 
 from hubtree.hub_server.app import DEFAULT_PAGE_SIZE, make_app
 from hubtree.hub_server.faults import FaultInjector, FaultSpec
+from hubtree.hub_server.served import ServedRepo
 
 
 @dataclass
@@ -31,9 +32,10 @@ def serve(
     records: Sequence[Path] = (),
     faults: FaultSpec | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
+    computed: Mapping[str, ServedRepo] | None = None,
 ) -> None:
     """Serve until interrupted (``hubtree hub serve``); ``port=0`` picks a free port, which uvicorn logs."""
-    uvicorn.run(make_app(root, records, faults, page_size), host=host, port=port, log_level="info")
+    uvicorn.run(make_app(root, records, faults, page_size, computed), host=host, port=port, log_level="info")
 
 
 @contextmanager
@@ -44,6 +46,7 @@ def running(
     page_size: int = DEFAULT_PAGE_SIZE,
     host: str = "127.0.0.1",
     port: int = 0,
+    computed: Mapping[str, ServedRepo] | None = None,
 ) -> Iterator[RunningServer]:
     """Run the server in a daemon thread on a free port for the ``with`` block, then stop it.
 
@@ -52,7 +55,7 @@ def running(
         with running(hub_dir, page_size=3) as server:
             hub = HttpHub(server.url)
     """
-    app = make_app(root, records, faults, page_size)
+    app = make_app(root, records, faults, page_size, computed)
     # A short graceful shutdown: a stalled request must not hold the test run.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)

@@ -5,8 +5,8 @@ import ast
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -28,17 +28,25 @@ LFS_MIN_SIZE = 10 << 20
 # --- what is served ------------------------------------------------------------
 @dataclass(frozen=True)
 class ServedFile:
-    """One file of a served repo: bytes on disk, bytes in memory, or (a record's) none at all."""
+    """One file of a served repo: bytes on disk, in memory, computed per range, or (a record's) none at all.
+
+    A computed file (``generate(start, end)`` gives bytes [start, end)) is never hashed: its
+    ``sha256`` is given, a content id that changes exactly when what ``generate`` computes does.
+    """
 
     path: str
     size: int | None  # None: a metadata-only record that does not say
     local: Path | None = None
     content: bytes | None = None
+    generate: Callable[[int, int], bytes] | None = field(default=None, compare=False)
+    sha256: str | None = None
 
     def hashes(self) -> tuple[str | None, str | None]:
         """(git oid, LFS sha256): the Hub's ``oid``/``blobId`` and ``lfs.sha256``. None where there are no bytes."""
         if self.content is not None:
             return git_oid(self.content), None
+        if self.generate is not None and self.sha256 is not None and self.size is not None:
+            return git_oid(lfs_pointer(self.sha256, self.size)), self.sha256
         if self.local is None or self.size is None:
             return None, None
         stat = self.local.stat()
@@ -68,9 +76,9 @@ class ServedHub:
     parsing cards on every listing page would make listings slow.
     """
 
-    def __init__(self, root: Path | None, records: Sequence[Path] = ()):
+    def __init__(self, root: Path | None, records: Sequence[Path] = (), computed: Mapping[str, ServedRepo] | None = None):
         self.hub = LocalHub(root) if root is not None else None
-        self.records = load_records(records)
+        self.records = load_records(records) | dict(computed or {})
         self._folders: dict[tuple[str, str, str | None], ServedRepo] = {}
 
     def ids(self) -> list[str]:

@@ -54,7 +54,9 @@ class Models:
     ``vectors[i]`` is ``families.distance_vector`` of the model's square attention layers:
     their sketches (the ``layer_sketches`` table) or, for small blocks, the exact entries.
     ``kurtosis`` is the excess kurtosis summed over the attention output projections
-    (``layer_stats``), MoTHer's direction witness. Times are Unix seconds, nan if unknown.
+    (``layer_stats``), MoTHer's direction witness; ``norm`` the other witness, the RMS of the
+    same entries the vectors stand for (``layer_stats.frobenius_norm``), exact where the
+    vectors are sketches; without it, the vectors' own norm. Times are Unix seconds, nan if unknown.
     """
 
     ids: list[str]
@@ -64,12 +66,16 @@ class Models:
     created_at: np.ndarray
     quantized: np.ndarray
     layer_sizes: Mapping[str, Sequence[int]] = field(default_factory=dict)  # signature -> part lengths
+    norm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.norm is None:
+            self.norm = np.array([np.linalg.norm(np.asarray(v, dtype=np.float64)) for v in self.vectors])
+        self.norm = np.asarray(self.norm, dtype=np.float64)
         self.kurtosis = np.asarray(self.kurtosis, dtype=np.float64)
         self.created_at = np.asarray(self.created_at, dtype=np.float64)
         self.quantized = np.asarray(self.quantized, dtype=bool)
-        sizes = {len(self.ids), len(self.signature), len(self.vectors), len(self.kurtosis), len(self.created_at), len(self.quantized)}
+        sizes = {len(self.ids), len(self.signature), len(self.vectors), len(self.kurtosis), len(self.created_at), len(self.quantized), len(self.norm)}
         if len(sizes) != 1:
             raise ValueError(f"Models columns differ in length: {sorted(sizes)}")
         if len(set(self.ids)) != len(self.ids):
@@ -369,8 +375,7 @@ def recover_trees(
     parents = graph.parents()
     rep, family, clusterings, signature_of = _families(models, k, all_pairs_max)
     index = {m: i for i, m in enumerate(models.ids)}
-    norm = np.array([np.linalg.norm(np.asarray(v, dtype=np.float64)) for v in models.vectors])
-    witnesses = {"kurtosis": models.kurtosis, "norm": norm}
+    witnesses = {"kurtosis": models.kurtosis, "norm": models.norm}
     rules = _direction_rules(parents, index, rep, family, witnesses, len(signature_of), default_rule)
     unique = np.nonzero(rep == np.arange(len(rep)))[0]
     members_of = _group(family[unique], unique)

@@ -16,7 +16,7 @@ delta is small, dense and partly low-rank, as full fine-tunes with Adam are:
 
     D_a[t] = eps_a * g_a[t] * std_t * (sqrt(f) * N + sqrt(1 - f) * U V / sqrt(k)),
 
-eps_a the model's relative step (log-uniform in ``eps_range``, 0.2-1% of the weights'
+eps_a the model's relative step (log-uniform in ``eps_range``, 0.3-1.2% of the weights'
 RMS), g_a[t] a per-tensor factor (lognormal), N, U (rows x k) and V (k x cols) standard
 normal. Nothing in the values says which way an edge points except what fine-tuning does
 to any weights: an independent update adds ``||D||^2`` to the squared norm and, added to
@@ -171,7 +171,7 @@ class BigFamily:
     seed: int = 0
     arch: BigArch = LLAMA2_7B
     declared_fraction: float = 0.1
-    eps_range: tuple[float, float] = (0.002, 0.01)
+    eps_range: tuple[float, float] = (0.003, 0.012)
     dense_fraction: float = 0.5  # share of a step's energy in its dense part, the rest low-rank
     rank: int = 8
     std: float = 0.02

@@ -1,0 +1,68 @@
+"""Sampled rows: fixed by (seed, name, shape), one byte range, and what a served big model holds."""
+import numpy as np
+import pytest
+
+from hubtree.ops.weights.row_sample import DEFAULT_ROWS, RowSample, read_rows, sample_range, sample_rows, sampled_bytes
+from hubtree.ops.weights.safetensors_reader import TensorEntry, parse_header
+from hubtree.ops.zoo.big_family import LLAMA2_7B, BigFamily, layout
+
+
+def test_sample_position_depends_only_on_seed_name_and_shape():
+    a = sample_rows("model.layers.3.self_attn.o_proj.weight", (4096, 4096), 8, seed=0)
+    assert a == sample_rows("model.layers.3.self_attn.o_proj.weight", (4096, 4096), 8, seed=0)
+    assert a.rows == 8 and 0 <= a.begin and a.end <= 4096
+    others = {sample_rows(f"model.layers.{i}.self_attn.o_proj.weight", (4096, 4096), 8).begin for i in range(32)}
+    assert len(others) > 20  # tensors are sampled at different rows
+    assert sample_rows("model.layers.3.self_attn.o_proj.weight", (4096, 4096), 8, seed=1) != a
+    assert sample_rows("t", (5, 7), 8) == RowSample(0, 5)  # a small tensor is read whole
+    assert sample_rows("t", (7,), 8) == RowSample(0, 1)  # a 1-D tensor is one row
+    with pytest.raises(ValueError):
+        sample_rows("t", (5, 7), 0)
+
+
+class _Bytes:
+    def __init__(self, data: bytes):
+        self.data, self.bytes_read, self.reads = data, 0, []
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, start: int, end: int) -> bytes:
+        self.reads.append((start, end))
+        self.bytes_read += end - start
+        return self.data[start:end]
+
+
+def test_read_rows_is_one_range_of_exactly_the_budgeted_bytes():
+    w = np.arange(20 * 6, dtype=np.float32).reshape(20, 6)
+    entry = TensorEntry("w", "F32", (20, 6), "f", 16, 16 + w.nbytes)
+    source = _Bytes(b"\0" * 16 + w.tobytes())
+    s = sample_rows("w", (20, 6), 4)
+    got = read_rows(source, entry, s)
+    assert np.array_equal(got, w[s.begin : s.end])
+    assert source.reads == [sample_range(entry, s)] and source.bytes_read == 4 * 6 * 4
+
+
+def test_default_budget_keeps_a_llama2_7b_under_a_thousandth_of_its_bytes():
+    square = [shape for name, shape in LLAMA2_7B.tensors() if "self_attn" in name]
+    total = sum(s.size for s in layout(LLAMA2_7B))
+    headers = sum(len(s.header) for s in layout(LLAMA2_7B))
+    assert len(square) == 128
+    assert (sampled_bytes(square, 2, DEFAULT_ROWS) + 2 * headers) / total < 0.001
+
+
+def test_big_family_header_and_ranges_are_consistent():
+    family = BigFamily(4, seed=3)
+    shard = layout(family.arch)[1]
+    child = family.models[2].repo_id
+    header = parse_header(family.read(child, shard.path, 0, len(shard.header)), shard.size, shard.path)
+    assert len(header.tensors) == len(shard.tensors) and header.tensors[-1].end == shard.size
+    entry = next(e for e in header.tensors if e.name.endswith("self_attn.v_proj.weight"))
+    s = sample_rows(entry.name, entry.shape, DEFAULT_ROWS)
+    start, end = sample_range(entry, s)
+    block = family.read(child, shard.path, start, end)
+    assert family.read(child, shard.path, start + 5, start + 4101) == block[5:4101]  # any range agrees
+    placed = next(p for p in shard.tensors if p.name == entry.name)
+    assert block == family.rows(family.index[child], placed, s.begin, s.end).tobytes()
+    assert family.truth()[child] is not None and family.truth()[family.models[0].repo_id] is None
+    assert max(m.depth for m in family.models) >= 2
