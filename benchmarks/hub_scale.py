@@ -1,0 +1,183 @@
+"""Hub scale: what crawl + stats + trees cost per model on 7B-shaped repos and on zoos, and how right the trees are.
+
+Run: ``python benchmarks/hub_scale.py [--n 30] [--seed 5] [--zoo-seeds 11 12]``. One table from one run:
+
+- a big family (``hubtree hub serve --big-family N --seed S``: Llama-2-7B-shaped repos,
+  bf16, ~13.5 GB each, computed on demand) served over HTTP on 127.0.0.1; ``hubtree
+  crawl``, ``stats`` and ``trees`` run with default settings through their flows;
+- the same for the default zoo of each ``--zoo-seeds`` seed, served the same way, and for
+  each zoo again with ``stats --full`` and ``trees --full`` (today's full reads);
+- today's full-read path on the big family, measured on two models reading one attention
+  matrix each in full (one request per tensor, every byte), then extrapolated to all 291
+  tensors of a 7B model: the row says "extrapolated".
+
+Per model: API calls, resolves and ranged reads (the server's request log: ``/api/``,
+``/resolve/``), bytes fetched over the weights' bytes, seconds (wall, this machine),
+the directed accuracy of the undeclared edges against the truth (with upload times, as
+the flows run, and from weights alone: the same lake, upload times hidden), and models
+per 5-minute window at the free tier's limits (1,000 API calls, 5,000 resolves).
+
+Seeds: the big family's generator and the default budget were tuned on seeds 1-3 and the
+zoo code on zoo seeds 0 and 1; ``--seed`` 5 and zoo seeds 11 and 12 were not used for tuning.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from hubtree.hub_server import running  # noqa: E402
+from hubtree.hub_server.big import big_family_repos
+from hubtree.lake import Lake
+from hubtree.ops.trees.mother import TrueTree, evaluate, recover_trees
+from hubtree.ops.zoo.big_family import BigFamily, layout
+from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
+from hubtree.pipelines.crawl import crawl_flow
+from hubtree.pipelines.ray_runtime import ensure_ray
+from hubtree.pipelines.stats import stats_flow
+from hubtree.pipelines.trees import declared_rows, lake_edges, load_models, trees_flow
+
+FREE_API, FREE_RESOLVES = 1000, 5000  # per 5-minute window (methods.md §9)
+
+
+@dataclass
+class Row:
+    setting: str
+    models: int
+    api: float  # per model
+    resolves: float
+    reads: float  # other ranged GETs (a CDN's, once resolves redirect)
+    fetched: float  # bytes fetched / weights' bytes
+    seconds: float  # per model
+    directed: float | None  # undeclared edges, upload times known
+    untimed: float | None  # undeclared edges, weights alone
+    extrapolated: bool = False
+
+    def per_window(self) -> float:
+        return min(FREE_API / max(self.api, 1e-9), FREE_RESOLVES / max(self.resolves, 1e-9))
+
+    def line(self) -> str:
+        pct = lambda v: f"{v:8.1%}" if v is not None else f"{'-':>8s}"
+        tag = " (extrapolated)" if self.extrapolated else ""
+        return (f"{self.setting + tag:<46s} {self.models:>6d} {self.api:>6.3f} {self.resolves:>8.2f} {self.reads:>7.1f}"
+                f" {self.fetched:>9.4%} {self.seconds:>8.1f} {pct(self.directed)} {pct(self.untimed)} {self.per_window():>9.0f}")
+
+
+HEADER = (f"{'setting':<46s} {'models':>6s} {'API':>6s} {'resolves':>8s} {'reads':>7s} {'fetched':>9s} {'s/model':>8s}"
+          f" {'directed':>8s} {'untimed':>8s} {'per 5min':>9s}")
+
+
+def counts(server) -> tuple[int, int, int]:
+    """(API calls, resolves, other requests) in the server's request log since it was last cleared."""
+    log = list(server.faults.requests)
+    server.faults.requests.clear()
+    api = sum(path.startswith("/api/") for _, path, _ in log)
+    resolves = sum("/resolve/" in path for _, path, _ in log)
+    return api, resolves, len(log) - api - resolves
+
+
+def scores(lake: str, truth: TrueTree) -> tuple[float, float]:
+    """Directed accuracy of the undeclared edges: of the flow's trees, and of trees from the same lake without upload times."""
+    flow = evaluate(lake_edges(Lake(lake)), truth).directed_acc
+    models, _, _ = load_models(Lake(lake))
+    untimed = recover_trees(dataclasses.replace(models, created_at=np.full(len(models.ids), np.nan)), declared_rows(Lake(lake)))
+    return flow, evaluate(untimed.edges, truth).directed_acc
+
+
+def pipeline(server, lake: str, truth: TrueTree, setting: str, full: bool = False) -> tuple[Row, Row]:
+    """crawl, stats, trees with defaults (or stats and trees ``--full``) over the served hub: its row, and the crawl's alone."""
+    counts(server)
+    t0 = time.perf_counter()
+    crawl = crawl_flow(hub=server.url, lake=lake, progress=False)
+    crawl_seconds = time.perf_counter() - t0
+    crawl_api, crawl_resolves, crawl_reads = counts(server)
+    stats = stats_flow(lake=lake, full=full, progress=False)
+    trees_flow(lake=lake, full=full)
+    seconds = time.perf_counter() - t0
+    api, resolves, reads = counts(server)
+    api, resolves, reads = api + crawl_api, resolves + crawl_resolves, reads + crawl_reads
+    n = crawl["repos_crawled"] + crawl["repos_skipped"]
+    directed, untimed = scores(lake, truth)
+    weights = max(crawl["weights_bytes"], 1)
+    fetched = (crawl["bytes_fetched"] + stats["bytes_fetched"]) / weights
+    crawl_row = Row(setting.split(",")[0] + ", crawl alone", n, crawl_api / n, crawl_resolves / n, crawl_reads / n,
+                    crawl["bytes_fetched"] / weights, crawl_seconds / n, None, None)
+    return Row(setting, n, api / n, resolves / n, reads / n, fetched, seconds / n, directed, untimed), crawl_row
+
+
+def full_read_extrapolated(server, family: BigFamily, lake: str, crawl: Row, models: int = 2) -> Row:
+    """Today's path (a request and a whole-tensor read per tensor) timed on ``models`` models x one matrix, scaled to 291 tensors.
+
+    Requests per model: the crawl's (``crawl``, measured), each file's header again (as
+    measured here, per file), and one per tensor; seconds scale with the bytes read.
+    """
+    shards = layout(family.arch)
+    tensors = [p for s in shards for p in s.tensors]
+    one = "model.layers.0.self_attn.o_proj.weight"
+    nbytes = next(p.end - p.begin for p in tensors if p.name == one)
+    total = sum(p.end - p.begin for p in tensors)
+    counts(server)
+    t0 = time.perf_counter()
+    stats = stats_flow(lake=lake, full=True, layers=rf"^{one}$", progress=False, batch_size=models)
+    seconds = (time.perf_counter() - t0) / stats["models"]
+    _, resolves, reads = counts(server)
+    header = (resolves + reads) / stats["models"] - 1  # the measured requests of one file, less its one tensor
+    per_model = crawl.resolves + header * len(shards) + len(tensors)
+    return Row(f"7B family, today's full reads ({models} models)", family.n, crawl.api, per_model, 0.0,
+               1.0, seconds * total / nbytes, None, None, extrapolated=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=30, help="big-family models")
+    parser.add_argument("--seed", type=int, default=5, help="big-family seed (1-3 were used for tuning)")
+    parser.add_argument("--zoo-seeds", type=int, nargs="*", default=[11, 12])
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="hubtree-hub-scale-")))
+    args = parser.parse_args()
+    ensure_ray()
+    with prefect_test_harness(server_startup_timeout=180):
+        rows, notes = measure(args)
+    print(HEADER)
+    print("\n".join(r.line() for r in rows))
+    print()
+    print("\n".join(notes))
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    rows, notes = [], []
+    family = BigFamily(args.n, args.seed)
+    truth = TrueTree(family.truth(), dict.fromkeys(family.truth(), "family"))
+    with running(None, computed=big_family_repos(family)) as server:
+        lake = str(args.out / "big-lake")
+        row, crawl = pipeline(server, lake, truth, f"7B family s{args.seed}, defaults (sampled)")
+        rows += [crawl, row]
+        declared = Lake(lake).query("SELECT count(*) AS n FROM declared_edges").to_pylist()[0]["n"]
+        depth = max(m.depth for m in family.models)
+        notes.append(f"7B family s{args.seed}: {args.n} repos, {depth} levels deep, {declared} of {args.n - 1} edges declared")
+        rows.append(full_read_extrapolated(server, family, lake, crawl))
+    spec = dataclasses.replace(ZooSpec(), adapter_sizes=())
+    for seed in args.zoo_seeds:
+        zoo = args.out / f"zoo-s{seed}"
+        if not (zoo / "truth.json").exists():
+            build_zoo(zoo, seed=seed, spec=spec, progress=False)
+        zoo_truth = TrueTree.from_zoo(load_truth(zoo / "truth.json"))
+        with running(zoo / "hub") as server:
+            rows.append(pipeline(server, str(zoo / "lake"), zoo_truth, f"zoo s{seed}, defaults (sampled)")[0])
+            rows.append(pipeline(server, str(zoo / "lake-full"), zoo_truth, f"zoo s{seed}, stats and trees --full", full=True)[0])
+    return rows, notes
+
+
+if __name__ == "__main__":
+    main()
