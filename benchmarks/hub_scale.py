@@ -7,9 +7,9 @@ Run: ``python benchmarks/hub_scale.py [--n 30] [--seed 5] [--zoo-seeds 11 12]``.
   crawl``, ``stats`` and ``trees`` run with default settings through their flows;
 - the same for the default zoo of each ``--zoo-seeds`` seed, served the same way, and for
   each zoo again with ``stats --full`` and ``trees --full`` (today's full reads);
-- today's full-read path on the big family, measured on two models reading one attention
-  matrix each in full (one request per tensor, every byte), then extrapolated to all 291
-  tensors of a 7B model: the row says "extrapolated".
+- today's full-read path on the big family (``stats --full``: one request per tensor, every
+  byte), timed on two models reading one attention matrix in full, then extrapolated to
+  all 291 tensors of a 7B model: the row says "extrapolated".
 
 Per model: API calls, resolves and ranged reads (the server's request log: ``/api/``,
 ``/resolve/``), bytes fetched over the weights' bytes, seconds (wall, this machine),
@@ -128,14 +128,15 @@ def full_read_extrapolated(server, family: BigFamily, lake: str, crawl: Row, mod
     one = "model.layers.0.self_attn.o_proj.weight"
     nbytes = next(p.end - p.begin for p in tensors if p.name == one)
     total = sum(p.end - p.begin for p in tensors)
+    crawl_flow(hub=server.url, lake=lake, limit=models, progress=False)
     counts(server)
     t0 = time.perf_counter()
-    stats = stats_flow(lake=lake, full=True, layers=rf"^{one}$", progress=False, batch_size=models)
+    stats = stats_flow(lake=lake, full=True, layers=rf"^{one}$", progress=False)
     seconds = (time.perf_counter() - t0) / stats["models"]
     _, resolves, reads = counts(server)
     header = (resolves + reads) / stats["models"] - 1  # the measured requests of one file, less its one tensor
     per_model = crawl.resolves + header * len(shards) + len(tensors)
-    return Row(f"7B family, today's full reads ({models} models)", family.n, crawl.api, per_model, 0.0,
+    return Row(f"7B family, full reads ({models} models x 1 tensor timed)", family.n, crawl.api, per_model, 0.0,
                1.0, seconds * total / nbytes, None, None, extrapolated=True)
 
 
@@ -156,17 +157,21 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    rows, notes = [], []
+    """Every row of the table; each is also printed as soon as it is measured (a long run shows progress)."""
+    rows, notes = _Printed(), []
     family = BigFamily(args.n, args.seed)
     truth = TrueTree(family.truth(), dict.fromkeys(family.truth(), "family"))
     with running(None, computed=big_family_repos(family)) as server:
         lake = str(args.out / "big-lake")
         row, crawl = pipeline(server, lake, truth, f"7B family s{args.seed}, defaults (sampled)")
         rows += [crawl, row]
+        rows.show()
         declared = Lake(lake).query("SELECT count(*) AS n FROM declared_edges").to_pylist()[0]["n"]
         depth = max(m.depth for m in family.models)
         notes.append(f"7B family s{args.seed}: {args.n} repos, {depth} levels deep, {declared} of {args.n - 1} edges declared")
-        rows.append(full_read_extrapolated(server, family, lake, crawl))
+        print(notes[-1], flush=True)
+        rows.append(full_read_extrapolated(server, family, str(args.out / "full-lake"), crawl))
+        rows.show()
     spec = dataclasses.replace(ZooSpec(), adapter_sizes=())
     for seed in args.zoo_seeds:
         zoo = args.out / f"zoo-s{seed}"
@@ -176,7 +181,21 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         with running(zoo / "hub") as server:
             rows.append(pipeline(server, str(zoo / "lake"), zoo_truth, f"zoo s{seed}, defaults (sampled)")[0])
             rows.append(pipeline(server, str(zoo / "lake-full"), zoo_truth, f"zoo s{seed}, stats and trees --full", full=True)[0])
+        rows.show()
     return rows, notes
+
+
+class _Printed(list):
+    """Rows, printed (with the header first) as they come."""
+
+    shown = 0
+
+    def show(self) -> None:
+        if not self.shown:
+            print(HEADER, flush=True)
+        for r in self[self.shown :]:
+            print(r.line(), flush=True)
+        self.shown = len(self)
 
 
 if __name__ == "__main__":
