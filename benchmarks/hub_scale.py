@@ -5,8 +5,10 @@ Run: ``python benchmarks/hub_scale.py [--n 30] [--seed 5] [--zoo-seeds 11 12]``.
 - a big family (``hubtree hub serve --big-family N --seed S``: Llama-2-7B-shaped repos,
   bf16, ~13.5 GB each, computed on demand) served over HTTP on 127.0.0.1; ``hubtree
   crawl``, ``stats`` and ``trees`` run with default settings through their flows;
-- the same for the default zoo of each ``--zoo-seeds`` seed, served the same way, and for
-  each zoo again with ``stats --full`` and ``trees --full`` (today's full reads);
+- the same for the default zoo of each ``--zoo-seeds`` seed, served the same way (the
+  default budget of 8 MiB per model covers a zoo model whole), again with ``stats --full``
+  and ``trees --full`` (today's full reads), and again at 8 rows per attention matrix (what
+  the default reads of a 7B, here a quarter of each matrix);
 - today's full-read path on the big family (``stats --full``: one request per tensor, every
   byte), timed on two models reading one attention matrix in full, then extrapolated to
   all 291 tensors of a 7B model: the row says "extrapolated".
@@ -41,6 +43,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from hubtree.hub_server import running  # noqa: E402
 from hubtree.hub_server.big import big_family_repos
 from hubtree.lake import Lake
+from hubtree.ops.trees.families import square_attention_layers
 from hubtree.ops.trees.mother import TrueTree, evaluate, recover_trees
 from hubtree.ops.zoo.big_family import BigFamily, layout
 from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
@@ -88,33 +91,45 @@ def counts(server) -> tuple[int, int, int]:
     return api, resolves, len(log) - api - resolves
 
 
-def scores(lake: str, truth: TrueTree) -> tuple[float, float]:
+def scores(lake: str, truth: TrueTree, full: bool = False) -> tuple[float, float]:
     """Directed accuracy of the undeclared edges: of the flow's trees, and of trees from the same lake without upload times."""
     flow = evaluate(lake_edges(Lake(lake)), truth).directed_acc
-    models, _, _ = load_models(Lake(lake))
+    models, _, _ = load_models(Lake(lake), full)
     untimed = recover_trees(dataclasses.replace(models, created_at=np.full(len(models.ids), np.nan)), declared_rows(Lake(lake)))
     return flow, evaluate(untimed.edges, truth).directed_acc
 
 
-def pipeline(server, lake: str, truth: TrueTree, setting: str, full: bool = False) -> tuple[Row, Row]:
-    """crawl, stats, trees with defaults (or stats and trees ``--full``) over the served hub: its row, and the crawl's alone."""
+def pipeline(server, lake: str, truth: TrueTree, setting: str, full: bool = False, budget: int | None = None) -> tuple[Row, Row]:
+    """crawl, stats, trees with defaults (or ``--full``, or ``budget`` rows per square attention matrix) over the served hub.
+
+    Returns its row, and the crawl's alone.
+    """
     counts(server)
     t0 = time.perf_counter()
     crawl = crawl_flow(hub=server.url, lake=lake, progress=False)
     crawl_seconds = time.perf_counter() - t0
     crawl_api, crawl_resolves, crawl_reads = counts(server)
-    stats = stats_flow(lake=lake, full=full, progress=False)
+    rows = {} if budget is None else {"budget_bytes": budget * _square_row_bytes(lake)}
+    stats = stats_flow(lake=lake, full=full, progress=False, **rows)
     trees_flow(lake=lake, full=full)
     seconds = time.perf_counter() - t0
     api, resolves, reads = counts(server)
     api, resolves, reads = api + crawl_api, resolves + crawl_resolves, reads + crawl_reads
     n = crawl["repos_crawled"] + crawl["repos_skipped"]
-    directed, untimed = scores(lake, truth)
+    directed, untimed = scores(lake, truth, full)
     weights = max(crawl["weights_bytes"], 1)
     fetched = (crawl["bytes_fetched"] + stats["bytes_fetched"]) / weights
     crawl_row = Row(setting.split(",")[0] + ", crawl alone", n, crawl_api / n, crawl_resolves / n, crawl_reads / n,
                     crawl["bytes_fetched"] / weights, crawl_seconds / n, None, None)
     return Row(setting, n, api / n, resolves / n, reads / n, fetched, seconds / n, directed, untimed), crawl_row
+
+
+def _square_row_bytes(lake: str) -> int:
+    """Bytes of one row of every square attention matrix of the lake's first model (a budget of one row each)."""
+    first = Lake(lake).query("SELECT min(repo_id) AS r FROM tensors").to_pylist()[0]["r"]
+    shapes = {t["name"]: t for t in Lake(lake).query(f"SELECT name, shape, data_end - data_begin AS nbytes FROM tensors WHERE repo_id = '{first}'").to_pylist()}
+    square = square_attention_layers({n: t["shape"] for n, t in shapes.items()})
+    return sum(shapes[n]["nbytes"] // shapes[n]["shape"][0] for n in square)
 
 
 def full_read_extrapolated(server, family: BigFamily, lake: str, crawl: Row, models: int = 2) -> Row:
@@ -142,7 +157,7 @@ def full_read_extrapolated(server, family: BigFamily, lake: str, crawl: Row, mod
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=30, help="big-family models")
+    parser.add_argument("--n", type=int, default=30, help="big-family models (0: zoos only)")
     parser.add_argument("--seed", type=int, default=5, help="big-family seed (1-3 were used for tuning)")
     parser.add_argument("--zoo-seeds", type=int, nargs="*", default=[11, 12])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="hubtree-hub-scale-")))
@@ -159,19 +174,20 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     """Every row of the table; each is also printed as soon as it is measured (a long run shows progress)."""
     rows, notes = _Printed(), []
-    family = BigFamily(args.n, args.seed)
-    truth = TrueTree(family.truth(), dict.fromkeys(family.truth(), "family"))
-    with running(None, computed=big_family_repos(family)) as server:
-        lake = str(args.out / "big-lake")
-        row, crawl = pipeline(server, lake, truth, f"7B family s{args.seed}, defaults (sampled)")
-        rows += [crawl, row]
-        rows.show()
-        declared = Lake(lake).query("SELECT count(*) AS n FROM declared_edges").to_pylist()[0]["n"]
-        depth = max(m.depth for m in family.models)
-        notes.append(f"7B family s{args.seed}: {args.n} repos, {depth} levels deep, {declared} of {args.n - 1} edges declared")
-        print(notes[-1], flush=True)
-        rows.append(full_read_extrapolated(server, family, str(args.out / "full-lake"), crawl))
-        rows.show()
+    if args.n:
+        family = BigFamily(args.n, args.seed)
+        truth = TrueTree(family.truth(), dict.fromkeys(family.truth(), "family"))
+        with running(None, computed=big_family_repos(family)) as server:
+            lake = str(args.out / "big-lake")
+            row, crawl = pipeline(server, lake, truth, f"7B family s{args.seed}, defaults (sampled)")
+            rows += [crawl, row]
+            rows.show()
+            declared = Lake(lake).query("SELECT count(*) AS n FROM declared_edges").to_pylist()[0]["n"]
+            depth = max(m.depth for m in family.models)
+            notes.append(f"7B family s{args.seed}: {args.n} repos, {depth} levels deep, {declared} of {args.n - 1} edges declared")
+            print(notes[-1], flush=True)
+            rows.append(full_read_extrapolated(server, family, str(args.out / "full-lake"), crawl))
+            rows.show()
     spec = dataclasses.replace(ZooSpec(), adapter_sizes=())
     for seed in args.zoo_seeds:
         zoo = args.out / f"zoo-s{seed}"
@@ -181,6 +197,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         with running(zoo / "hub") as server:
             rows.append(pipeline(server, str(zoo / "lake"), zoo_truth, f"zoo s{seed}, defaults (sampled)")[0])
             rows.append(pipeline(server, str(zoo / "lake-full"), zoo_truth, f"zoo s{seed}, stats and trees --full", full=True)[0])
+            rows.append(pipeline(server, str(zoo / "lake-8rows"), zoo_truth, f"zoo s{seed}, 8 rows per tensor", budget=8)[0])
         rows.show()
     return rows, notes
 

@@ -187,25 +187,27 @@ def _parse_param(text: str) -> tuple[str, object]:
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from (e.g. a mirror).")
 @click.option("--layers", default=None,
               help="Only tensors whose name matches this regex (default: the tree stage's attention matrices; with --full, every floating tensor).")
-@click.option("--rows", type=int, default=None, help="Budget: rows read per tensor, one byte range each, at the same rows in every model (default: ops/weights/row_sample.DEFAULT_ROWS, 8).")
+@click.option("--budget-mib", type=float, default=None,
+              help="Budget: MiB of sampled rows per model, shared by its tensors (default 8: 8 rows of each of a Llama-2-7B's 128 attention matrices).")
 @click.option("--full", is_flag=True, help="Read whole tensors instead of sampled rows (all their bytes).")
 @click.option("--batch-size", default=8, show_default=True, help="Models per atomic lake commit.")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
-def stats(lake, hub, layers, rows, full, batch_size, ray_address) -> None:
+def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
     """Layer statistics, weight sketches and probe fingerprints for the lake's tensors.
 
     \b
     Writes layer_stats (moments, norms, ranks, WeightWatcher's alpha, log_norm,
     log_spectral_norm, alpha_weighted), layer_sketches (seeded JL sketches) and
     probe_features. By default of sampled rows of the tree stage's tensors: a block
-    of --rows rows per tensor, fixed by seed, name and shape (row_begin, row_end say
-    which); a Llama-2-7B then costs 0.06% of its bytes. --full reads whole tensors.
+    of rows per tensor within --budget-mib per model, fixed by seed, name and shape
+    (row_begin, row_end say which); a Llama-2-7B then costs 0.06% of its bytes, a small
+    model is read whole. --full reads whole tensors.
     Runs on a pool of Ray actors, one device each (a GPU where the cluster has them).
     Tensors already done are skipped: a rerun on an unchanged lake does no work and adds no rows.
     """
     from hubtree.pipelines.stats import stats_flow
 
-    budget = {"rows": rows} if rows else {}
+    budget = {"budget_bytes": int(budget_mib * (1 << 20))} if budget_mib else {}
     summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address, **budget)
     click.echo(
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "

@@ -1,10 +1,11 @@
 """The stats flow: lake tensors -> weights by range -> layer_stats, layer_sketches, probe_features.
 
 By default it reads, of the tensors the tree stage uses (the square attention matrices),
-one block of ``rows`` consecutive rows each (``ops/weights/row_sample``: one byte range,
-at rows fixed by seed, name and shape, so every model is sampled alike): a Llama-2-7B
-costs 0.06% of its bytes. ``full=True`` reads whole tensors, of ``layers`` (a regex) or
-of every floating tensor; ``layers`` without ``full`` samples the tensors it matches.
+one block of consecutive rows each within ``budget_bytes`` per model (``ops/weights/row_sample``:
+one byte range per tensor, at rows fixed by seed, name and shape, so every model is sampled
+alike): a Llama-2-7B costs 0.06% of its bytes, a small model is read whole. ``full=True``
+reads whole tensors, of ``layers`` (a regex) or of every floating tensor; ``layers``
+without ``full`` samples the tensors it matches.
 
 Work goes to a pool of Ray actors, each owning one device (a GPU where the cluster
 has them, else a CPU). One work unit is one model revision: its tensors are read
@@ -33,7 +34,7 @@ from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
 from hubtree.ops.trees.families import square_attention_layers
-from hubtree.ops.weights.row_sample import DEFAULT_ROWS, RowSample, read_rows, sample_rows
+from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_rows
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
@@ -51,12 +52,8 @@ class StatsSettings:
     sketch_seed: int = 0
     n_probes: int = 32
     probe_dim: int = 32
-    rows: int | None = DEFAULT_ROWS  # rows sampled per tensor; None: whole tensors
+    budget_bytes: int | None = DEFAULT_BUDGET  # sampled bytes per model; None: whole tensors
     sample_seed: int = 0  # names where the rows are
-
-    def sample(self, name: str, shape) -> RowSample | None:
-        """The rows of tensor ``name`` this run reads (None: all of it)."""
-        return None if self.rows is None else sample_rows(name, tuple(shape), self.rows, self.sample_seed)
 
 
 @dataclass
@@ -68,6 +65,7 @@ class ModelUnit:
     hub: str
     files: dict[str, list[str]]  # file -> tensor names
     nbytes: int
+    samples: dict[str, RowSample] = field(default_factory=dict)  # tensor -> rows read; absent: all of it
 
 
 @dataclass
@@ -101,7 +99,7 @@ class StatsWorker:
             try:
                 handle = source.open_file(ref, file)
                 for chunk in _chunks(entries_for(handle, names, file)):
-                    tensors = {e.name: as_float_tensor(self._read(handle, e)) for e in chunk}
+                    tensors = {e.name: as_float_tensor(_read(handle, e, unit.samples.get(e.name))) for e in chunk}
                     self._rows(file, {e.name: e for e in chunk}, tensors, result)
             except HubtreeError as err:
                 result.errors.append(CrawlError.of(err, ref, "stats", file))
@@ -109,17 +107,12 @@ class StatsWorker:
                 result.bytes_read += handle.bytes_read if handle else 0
         return result
 
-    def _read(self, handle, entry):
-        """The tensor's sampled rows (one byte range), or all of it."""
-        sample = self.settings.sample(entry.name, entry.shape)
-        return read_tensor(handle, entry) if sample is None else read_rows(handle, entry, sample)
-
     def _rows(self, file: str, entries: dict, tensors: dict[str, torch.Tensor], out: UnitResult) -> None:
         s = self.settings
         stats = batch_layer_stats(tensors, self.device)
         for name, t in tensors.items():
             e = entries[name]
-            sample = s.sample(name, e.shape)
+            sample = out.unit.samples.get(name)
             key = {"repo_id": out.unit.repo_id, "revision": out.unit.revision, "tensor": name, "file": file,
                    "dtype": e.dtype, "shape": list(e.shape), "row_begin": sample and sample.begin,
                    "row_end": sample and sample.end}
@@ -133,6 +126,11 @@ class StatsWorker:
                     {**key, "seed": s.sketch_seed, "n_probes": s.n_probes, "out_dim": s.probe_dim,
                      "features": probe_features(t, s.n_probes, s.probe_dim, s.sketch_seed).cpu().tolist()}
                 )
+
+
+def _read(handle, entry, sample: RowSample | None):
+    """The tensor's sampled rows (one byte range), or all of it."""
+    return read_tensor(handle, entry) if sample is None else read_rows(handle, entry, sample)
 
 
 def _chunks(entries: list) -> list[list]:
@@ -153,8 +151,9 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
     """Floating, non-empty tensors of the latest revisions without statistics at ``settings``' rows, by model.
 
     Which tensors: those ``layers`` matches; without ``layers``, the tree stage's (square
-    attention matrices) when sampling, every floating tensor when reading whole ones.
-    ``nbytes`` counts what will be read: the sampled rows' bytes, or the whole tensors'.
+    attention matrices) when sampling, every floating tensor when reading whole ones. The
+    sampled rows are planned over the chosen tensors (``plan_samples``), so the plan is the
+    same for every model of an architecture. ``nbytes`` counts what will be read.
     """
     rows = lake.query(
         f"""
@@ -176,17 +175,23 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
     for (repo_id, revision), tensors in by_model.items():
         if pattern is not None:
             chosen = {t["name"] for t in tensors if pattern.search(t["name"])}
-        elif settings.rows is not None:
+        elif settings.budget_bytes is not None:
             chosen = set(square_attention_layers({t["name"]: t["shape"] for t in tensors}))
         else:
             chosen = {t["name"] for t in tensors}
+        picked = [t for t in tensors if t["name"] in chosen]
+        plan = {} if settings.budget_bytes is None else plan_samples(
+            [(t["name"], t["shape"], t["nbytes"]) for t in picked], settings.budget_bytes, settings.sample_seed)
         unit = ModelUnit(repo_id, revision, tensors[0]["hub"], {}, 0)
-        for t in tensors:
-            sample = settings.sample(t["name"], t["shape"])
-            key = (repo_id, revision, t["name"], sample and sample.begin, sample and sample.end)
-            if t["name"] in chosen and key not in done:
-                unit.files.setdefault(t["file"], []).append(t["name"])
-                unit.nbytes += t["nbytes"] if sample is None else t["nbytes"] * sample.rows // max(1, t["shape"][0] if len(t["shape"]) > 1 else 1)
+        for t in picked:
+            sample = plan.get(t["name"])
+            if (repo_id, revision, t["name"], sample and sample.begin, sample and sample.end) in done:
+                continue
+            unit.files.setdefault(t["file"], []).append(t["name"])
+            rows = t["shape"][0] if len(t["shape"]) > 1 else 1
+            unit.nbytes += t["nbytes"] if sample is None else t["nbytes"] * sample.rows // max(1, rows)
+            if sample is not None:
+                unit.samples[t["name"]] = sample
         if unit.files:
             units.append(unit)
     return units
@@ -218,18 +223,18 @@ def stats_flow(
     probe_dim: int = StatsSettings.probe_dim,
     progress: bool = True,
     full: bool = False,
-    rows: int = DEFAULT_ROWS,
+    budget_bytes: int = DEFAULT_BUDGET,
     sample_seed: int = StatsSettings.sample_seed,
 ) -> dict:
     """Layer statistics, sketches and probe features for every tensor in ``lake`` that lacks them.
 
     ``hub`` overrides where weights are read from (default: the hub each repo was
     crawled from); ``layers`` is a regex on tensor names (default: the tree stage's
-    tensors when sampling, every floating tensor with ``full``); ``rows`` is the budget,
-    rows sampled per tensor; ``full`` reads whole tensors instead.
+    tensors when sampling, every floating tensor with ``full``); ``budget_bytes`` is what
+    the samples of one model may cost; ``full`` reads whole tensors instead.
     """
     logger = get_run_logger()
-    settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim, None if full else rows, sample_seed)
+    settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim, None if full else budget_bytes, sample_seed)
     params = {"lake": lake, "hub": hub, "layers": layers, "batch_size": batch_size, "ray_address": ray_address, **asdict(settings)}
     the_lake, run_id, started = begin_run(lake, "stats", params)
     units = pending_units(the_lake, layers, settings)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hubtree.ops.weights.row_sample import DEFAULT_ROWS, RowSample, read_rows, sample_range, sample_rows, sampled_bytes
+from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_rows, sample_range, sample_rows
 from hubtree.ops.weights.safetensors_reader import TensorEntry, parse_header
 from hubtree.ops.zoo.big_family import LLAMA2_7B, BigFamily, layout
 
@@ -43,12 +43,17 @@ def test_read_rows_is_one_range_of_exactly_the_budgeted_bytes():
     assert source.reads == [sample_range(entry, s)] and source.bytes_read == 4 * 6 * 4
 
 
-def test_default_budget_keeps_a_llama2_7b_under_a_thousandth_of_its_bytes():
-    square = [shape for name, shape in LLAMA2_7B.tensors() if "self_attn" in name]
+def test_default_budget_keeps_a_llama2_7b_under_a_thousandth_of_its_bytes_and_a_small_model_whole():
+    square = [(name, shape, 2 * shape[0] * shape[1]) for name, shape in LLAMA2_7B.tensors() if "self_attn" in name]
+    plan = plan_samples(square, DEFAULT_BUDGET)
+    assert len(plan) == 128 and {s.rows for s in plan.values()} == {8}
+    sampled = sum(s.rows * 2 * 4096 for s in plan.values())
     total = sum(s.size for s in layout(LLAMA2_7B))
     headers = sum(len(s.header) for s in layout(LLAMA2_7B))
-    assert len(square) == 128
-    assert (sampled_bytes(square, 2, DEFAULT_ROWS) + 2 * headers) / total < 0.001
+    assert sampled <= DEFAULT_BUDGET and (sampled + 2 * headers) / total < 0.001
+    small = plan_samples([("a", (32, 32), 4096), ("b", (64, 32), 8192)], DEFAULT_BUDGET)
+    assert small == {"a": RowSample(0, 32), "b": RowSample(0, 64)}  # under the budget: read whole
+    assert plan_samples([("a", (32, 32), 4096)], 1024)["a"].rows == 8  # 1 KiB of 128-byte rows
 
 
 def test_big_family_header_and_ranges_are_consistent():
@@ -58,7 +63,7 @@ def test_big_family_header_and_ranges_are_consistent():
     header = parse_header(family.read(child, shard.path, 0, len(shard.header)), shard.size, shard.path)
     assert len(header.tensors) == len(shard.tensors) and header.tensors[-1].end == shard.size
     entry = next(e for e in header.tensors if e.name.endswith("self_attn.v_proj.weight"))
-    s = sample_rows(entry.name, entry.shape, DEFAULT_ROWS)
+    s = sample_rows(entry.name, entry.shape, 8)
     start, end = sample_range(entry, s)
     block = family.read(child, shard.path, start, end)
     assert family.read(child, shard.path, start + 5, start + 4101) == block[5:4101]  # any range agrees

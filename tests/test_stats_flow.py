@@ -106,29 +106,29 @@ def test_killed_stats_run_resumes_without_loss_or_duplicates(tmp_path, flows):
     assert Lake(str(lake)).query(sketches).to_pylist() == Lake(str(tmp_path / "reference")).query(sketches).to_pylist()
 
 
-def test_default_stats_sample_the_same_rows_of_every_model_as_one_range_each(hub, tmp_path, flows):
-    from hubtree.ops.weights.row_sample import DEFAULT_ROWS, sample_rows
+def test_stats_sample_the_same_rows_of_every_model_as_one_range_each_within_the_budget(hub, tmp_path, flows):
+    from hubtree.ops.weights.row_sample import sample_rows
 
     lake_dir = str(tmp_path / "lake")
+    budget = 2048  # bytes per model: 1 KiB per attention matrix, 8 rows of float32 q_proj, 16 of bf16 o_proj
     with running(hub) as server:
         crawl_flow(hub=server.url, lake=lake_dir, progress=False)
-        summary = stats_flow(lake=lake_dir, progress=False)
+        summary = stats_flow(lake=lake_dir, budget_bytes=budget, progress=False)
         ranges = [r[2] for r in server.faults.requests if r[2]]
     lake = Lake(lake_dir)
     rows = lake.query("SELECT repo_id, tensor, row_begin, row_end, numel FROM layer_stats ORDER BY repo_id, tensor").to_pylist()
     # The tree stage's tensors only (the two square attention matrices), at rows fixed by name and shape.
     assert summary["tensors"] == len(rows) == 6 and {r["tensor"].split(".")[-2] for r in rows} == {"q_proj", "o_proj"}
-    for r in rows:
-        expected = sample_rows(r["tensor"], (32, 32), DEFAULT_ROWS)
-        assert (r["row_begin"], r["row_end"]) == (expected.begin, expected.end) and r["numel"] == DEFAULT_ROWS * 32
-    tensors = lake.query("SELECT name, dtype, data_begin FROM tensors WHERE name LIKE '%self_attn%'").to_pylist()
+    tensors = lake.query("SELECT repo_id, name, dtype, data_begin FROM tensors WHERE name LIKE '%self_attn%'").to_pylist()
     sampled = 0
-    for t in tensors:  # each sample is exactly one closed range of its rows' bytes
+    for t in tensors:  # each sample is exactly one closed range of its rows' bytes, the same rows in every model
         row_bytes = 32 * (2 if t["dtype"] == "BF16" else 4)
-        s = sample_rows(t["name"], (32, 32), DEFAULT_ROWS)
+        s = sample_rows(t["name"], (32, 32), 1024 // row_bytes)
         assert f"bytes={t['data_begin'] + s.begin * row_bytes}-{t['data_begin'] + s.end * row_bytes - 1}" in ranges
+        assert {(r["row_begin"], r["row_end"], r["numel"]) for r in rows if r["tensor"] == t["name"]} == {(s.begin, s.end, s.rows * 32)}
         sampled += s.rows * row_bytes
+    assert sampled == 3 * budget
     assert sampled < summary["bytes_fetched"] < sampled + 3 * 2 * 1024  # plus each file's header, read twice
     sketches = lake.query("SELECT row_begin, row_end FROM layer_sketches").to_pylist()
     assert len(sketches) == 6 and all(s["row_begin"] is not None for s in sketches)
-    assert stats_flow(lake=lake_dir, progress=False)["models"] == 0  # sampled once, never again
+    assert stats_flow(lake=lake_dir, budget_bytes=budget, progress=False)["models"] == 0  # sampled once, never again

@@ -4,7 +4,9 @@ Safetensors stores a tensor row-major, so rows ``[begin, end)`` of its first axi
 byte range, ``[entry.begin + begin * row_bytes, entry.begin + end * row_bytes)``: one
 request, however the file is served. The block's place depends only on (seed, tensor name,
 shape) and its size on the budget, so every model of an architecture block is read at the
-same rows. Fine-tuning keeps neuron order, which is why a fixed sample estimates what the
+same rows. The budget is bytes per model (``plan_samples``): each tensor gets an equal share,
+as many whole rows as fit in it (at least one), so a small model is read whole and a
+Llama-2-7B's 128 attention matrices get 8 rows each. Fine-tuning keeps neuron order, which is why a fixed sample estimates what the
 tree stage needs: for two models A and B with the same rows R sampled,
 
     ||A_R - B_R||_F^2 * rows / |R|  ~=  ||A - B||_F^2,
@@ -16,14 +18,14 @@ at equal rows, so the sampling error is mostly shared and cancels in the compari
 from __future__ import annotations
 
 import hashlib
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hubtree.ops.weights.safetensors_reader import ByteSource, TensorEntry, decode
 
-DEFAULT_ROWS = 8  # per tensor: 128 attention matrices of a Llama-2-7B read at 8 rows are 0.062% of its bytes
+DEFAULT_BUDGET = 8 << 20  # bytes per model: a Llama-2-7B's 128 attention matrices at 8 rows each, 0.062% of its bytes
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,20 @@ def sample_rows(name: str, shape: tuple[int, ...] | list[int], rows: int, seed: 
     return RowSample(start, start + rows)
 
 
+def plan_samples(tensors: Sequence[tuple[str, Sequence[int], int]], budget: int, seed: int = 0) -> dict[str, RowSample]:
+    """The rows read of each (name, shape, nbytes) of one model, within ``budget`` bytes in all.
+
+    Each tensor gets ``budget / len(tensors)`` bytes: as many whole rows as fit (at least
+    one), or all of it where it is smaller. Models of one architecture get the same plan.
+    """
+    share = budget // max(1, len(tensors))
+    out = {}
+    for name, shape, nbytes in tensors:
+        n = int(shape[0]) if len(shape) > 1 else 1
+        out[name] = sample_rows(name, tuple(shape), max(1, share // max(1, nbytes // max(1, n))), seed)
+    return out
+
+
 def row_bytes(entry: TensorEntry) -> int:
     """Bytes of one row of the first axis (a 1-D tensor is one row)."""
     return entry.nbytes // entry.shape[0] if len(entry.shape) > 1 and entry.shape[0] else entry.nbytes
@@ -78,6 +94,3 @@ def read_rows(source: ByteSource, entry: TensorEntry, sample: RowSample) -> np.n
     return decode(source.read(start, end), entry.dtype, shape)
 
 
-def sampled_bytes(shapes: list[tuple[int, ...]], itemsize: int, rows: int) -> int:
-    """Bytes a model's sample costs: ``rows`` rows of each tensor (all of a smaller one)."""
-    return sum(min(rows, s[0] if len(s) > 1 else 1) * (math.prod(s[1:]) if len(s) > 1 else s[0]) * itemsize for s in shapes)
