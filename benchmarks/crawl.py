@@ -2,10 +2,10 @@
 
     python benchmarks/crawl.py [--zoo DIR] [--scale K]
 
-Prints one table: repos/s and requests for a crawl through `hubtree hub serve` (HTTP,
-huggingface_hub client, byte ranges) beside the same crawl of the folder, and the
-bytes fetched against the bytes of the weights files (the point of range reads: the
-ratio must stay under 1%).
+Prints one table: repos/s and requests by bucket (API calls, resolves, CDN requests)
+for a crawl through `hubtree hub serve` (HTTP, huggingface_hub client, byte ranges,
+302s to its CDN) beside the same crawl of the folder, and the bytes fetched against the
+bytes of the weights files.
 """
 from __future__ import annotations
 
@@ -55,16 +55,18 @@ def main() -> None:
             rows.append((name, summary, seconds, headers))
 
     print(f"\nheader crawl of {zoo / 'hub'}")
-    print(f"{'source':8} {'repos':>6} {'seconds':>8} {'repos/s':>8} {'requests':>9} {'fetched MB':>11} {'weights MB':>11} {'fetched/weights':>16} {'headers/weights':>16}")
+    print(f"{'source':8} {'repos':>6} {'seconds':>8} {'repos/s':>8} {'requests':>9} {'api':>5} {'resolves':>9} {'cdn':>5} "
+          f"{'api/repo':>9} {'fetched MB':>11} {'weights MB':>11} {'fetched/weights':>16} {'headers/weights':>16}")
     for name, s, seconds, headers in rows:
         weights = max(1, s["weights_bytes"])
         print(
             f"{name:8} {s['repos_crawled']:6d} {seconds:8.2f} {s['repos_crawled'] / seconds:8.1f} {s['requests']:9d} "
+            f"{s['api_calls']:5d} {s['resolves']:9d} {s['cdn_requests']:5d} {s['api_calls'] / max(1, s['repos_listed']):9.3f} "
             f"{s['bytes_fetched'] / 1e6:11.3f} {s['weights_bytes'] / 1e6:11.3f} {s['bytes_fetched'] / weights:15.3%} {headers / weights:15.3%}"
         )
-    print("fetched = safetensors headers + the cards and configs a source did not describe with the record\n"
-          "(HTTP: model_info carries card metadata and config, so only adapter_config.json is read); "
-          "headers = the safetensors headers alone")
+    print("requests = api (listing pages) + resolves (one per weights file, and per file the listing did not describe)\n"
+          "+ cdn (ranges sent to the signed URL a resolve redirected to); fetched = each header read, which asks for the\n"
+          "first 100 KB at once as huggingface_hub does (the whole of files smaller than that); headers = the headers alone")
 
 
 if __name__ == "__main__":

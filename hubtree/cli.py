@@ -415,19 +415,32 @@ def hub() -> None:
 @click.option("--big-family", default=0, show_default=True,
               help="Also serve N Llama-2-7B-shaped repos (one base and its fine-tunes, bf16, ~13.5 GB each) computed on demand, never stored.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --big-family repos: same seed, same bytes.")
-def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds, big_family, seed) -> None:
+@click.option("--tier", type=click.Choice(["anonymous", "free", "pro"]), default="free", show_default=True,
+              help="Rate limits per window as the Hub's tier (API 500/1000/2500, resolvers 3000/5000/12000 per 5 min).")
+@click.option("--api-limit", type=int, help="API requests per window (overrides --tier).")
+@click.option("--resolve-limit", type=int, help="/resolve/ requests per window (overrides --tier).")
+@click.option("--window", default=300, show_default=True, help="Rate-limit window in seconds (fixed windows).")
+@click.option("--cdn-port", default=0, show_default=True, help="Port of the CDN that LFS files redirect to (0: a free port).")
+@click.option("--url-ttl", default=3600.0, show_default=True, help="Seconds a signed CDN URL stays valid.")
+def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every,
+          stall_seconds, big_family, seed, tier, api_limit, resolve_limit, window, cdn_port, url_ttl) -> None:
     """Serve ROOT (a folder in Hub layout) as a Hub-compatible HTTP API.
 
     \b
     What huggingface_hub calls works against it: /api/models (author, search,
     filter, sort, limit, expand, Link pagination), /api/models/ID[/revision/REV],
     /api/models/ID/tree/REV, and HEAD/GET /ID/resolve/REV/PATH with byte ranges.
+    As on the Hub, resolving an LFS file (.safetensors...) answers 302 to a signed,
+    expiring URL on a second port (the CDN), with X-Linked-Size, X-Linked-Etag
+    (sha256) and X-Repo-Commit; API and resolve requests fall in fixed-window
+    rate-limit buckets with RateLimit / RateLimit-Policy headers and 429s.
+    GET /_hubtree/counters gives requests per bucket, 429s, CDN requests and bytes.
     Use it as an air-gapped mirror:  hubtree crawl --hub http://127.0.0.1:8765 --lake L
     A repo folder holding a .gated file answers file reads with 401 unless a token is sent.
     --big-family N serves a family of 7B-shaped repos whose bytes are computed per range
     from --seed (its true tree: hubtree.ops.zoo.big_family.BigFamily(N, seed).truth()).
     """
-    from hubtree.hub_server import FaultSpec
+    from hubtree.hub_server import FaultSpec, RateLimits
     from hubtree.hub_server import serve as serve_hub
     from hubtree.hub_server.big import big_family_repos
     from hubtree.ops.zoo.big_family import BigFamily
@@ -438,7 +451,10 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
         rate_limit_every=fault_429_every, server_error_every=fault_500_every, stall_every=fault_stall_every,
         truncate_every=fault_truncate_every, stall_s=stall_seconds,
     )
-    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None, page_size=page_size,
+    tiered = RateLimits.tier(tier, window)
+    limits = RateLimits(api_limit or tiered.api, resolve_limit or tiered.resolvers, window)
+    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None,
+              page_size=page_size, limits=limits, cdn_port=cdn_port, url_ttl_s=url_ttl,
               computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None)
 
 

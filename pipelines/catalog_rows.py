@@ -23,7 +23,8 @@ def catalog_rows(catalogs: list[RepoCatalog], hub: str) -> dict[str, list[dict]]
             {**key, "parent_repo_id": e.parent, "relation": e.relation, "source": e.source} for e in cat.edges
         ]
         rows["files"] += [
-            {**key, "path": f.path, "size": f.size, "sha256": f.sha256, "kind": cat.file_kinds[f.path]}
+            {**key, "path": f.path, "size": f.size, "sha256": f.sha256, "kind": cat.file_kinds[f.path],
+             "duplicate_of": cat.duplicates.get(f.path)}
             for f in cat.record.files
         ]
         rows["tensors"] += [
@@ -60,8 +61,9 @@ def _repo_row(cat: RepoCatalog, key: dict, hub: str, now: datetime) -> dict:
         "architectures": [str(a) for a in architectures] if isinstance(architectures, list) else None,
         "config": json.dumps(cat.config, sort_keys=True) if cat.config is not None else None,
         "n_files": len(record.files),
-        "total_bytes": sum(f.size for f in record.files),
-        "weights_bytes": sum(f.size for f in weights),
+        # A listing gives no sizes: only the files a crawl reads (weights) learn theirs, so a total may be unknown.
+        "total_bytes": None if any(f.size is None for f in record.files) else sum(f.size for f in record.files),
+        "weights_bytes": sum(f.size or 0 for f in weights),
         "n_tensors": len(cat.tensors),
         "n_params": sum(math.prod(t.shape) for t in cat.tensors),
         "bytes_fetched": cat.bytes_fetched,

@@ -1,9 +1,12 @@
 """The crawl flow: hub -> catalog (repos, declared parents, files, tensor headers) -> lake.
 
 The flow lists the hub, drops every (repo_id, revision) already committed to the
-lake (an unchanged repo costs one listing entry), and fans the rest out over a
-pool of Ray actors in batches; each batch is one atomic lake commit. Killed at any
-point and run again, it commits exactly the batches that were missing.
+lake (an unchanged repo costs one listing entry, and a listing page holds up to
+1,000), and fans the rest out over a pool of Ray actors in batches; each batch is one
+atomic lake commit. Killed at any point and run again, it commits exactly the
+batches that were missing. Weights files whose sha256 is already in the lake are
+recognised by their resolve alone; their tensors are copied from the lake's copy.
+Every request is counted by bucket (API calls, resolves, CDN requests) in ``crawl_runs``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from hubtree.lake import Lake
 from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
+from hubtree.ops.weights.safetensors_reader import TensorEntry
 from hubtree.pipelines.catalog_rows import catalog_rows
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
@@ -36,6 +40,9 @@ class CrawlSummary:
     repos_crawled: int = 0
     repos_failed: int = 0
     requests: int = 0
+    api_calls: int = 0
+    resolves: int = 0
+    cdn_requests: int = 0
     bytes_fetched: int = 0
     weights_bytes: int = 0
     message: str = ""
@@ -43,36 +50,87 @@ class CrawlSummary:
 
 @ray.remote(num_cpus=1)
 class CatalogWorker:
-    """Holds one hub connection and catalogs repos sent to it."""
+    """Holds one hub connection (its request budget shared with every worker) and catalogs repos sent to it.
 
-    def __init__(self, hub: str, budget_share: float):
-        self.source = open_hub(hub, budget_share)
+    ``known``: sha256 -> "repo_id@revision:path" of the weights files already in the lake.
+    """
+
+    def __init__(self, hub: str, known: dict[str, str]):
+        self.source = open_hub(hub)
+        self.known = known
 
     def catalog(self, ref: RepoRef) -> RepoCatalog:
         try:
-            return catalog_repo(self.source, ref)
+            return catalog_repo(self.source, ref, self.known)
         except Exception as err:  # a bug or an unforeseen input must cost one repo, not the crawl
             return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
 
-    def requests(self) -> int:
-        return getattr(self.source, "requests", 0)
+    def traffic(self) -> dict[str, int]:
+        return _traffic(self.source)
+
+
+def _traffic(source) -> dict[str, int]:
+    """A source's requests by bucket (a folder sends none)."""
+    traffic = getattr(source, "traffic", None)
+    return traffic.counts() if traffic is not None else {}
+
+
+def _add_traffic(summary: CrawlSummary, counts: dict[str, int]) -> None:
+    for name in ("api_calls", "resolves", "cdn_requests"):
+        setattr(summary, name, getattr(summary, name) + counts.get(name, 0))
+    summary.requests = summary.api_calls + summary.resolves + summary.cdn_requests
 
 
 @task(cache_policy=NONE)
-def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef], int]:
-    """The hub's listing minus what the lake already holds; returns (todo, listed)."""
-    listed = list(open_hub(hub).list_repos(query))
+def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef], int, dict[str, int]]:
+    """The hub's listing minus what the lake already holds; returns (todo, listed, the listing's requests)."""
+    source = open_hub(hub)
+    listed = list(source.list_repos(query))
     done = set()
     if lake.exists():
         done = {tuple(r.values()) for r in lake.query("SELECT repo_id, revision FROM repos_all").to_pylist()}
     todo = [ref for ref in dict.fromkeys(listed) if (ref.repo_id, ref.revision) not in done]
-    return todo, len(listed)
+    return todo, len(listed), _traffic(source)
+
+
+def known_weights(lake: Lake) -> dict[str, str]:
+    """sha256 -> "repo_id@revision:path" of every weights file in the lake read in full (not itself a duplicate)."""
+    if not lake.exists():
+        return {}
+    rows = lake.query(
+        "SELECT sha256, min(repo_id || '@' || revision || ':' || path) AS copy FROM files "
+        "WHERE sha256 IS NOT NULL AND duplicate_of IS NULL AND kind IN ('weights', 'adapter_weights') GROUP BY sha256"
+    ).to_pylist()
+    return {r["sha256"]: r["copy"] for r in rows}
+
+
+def copy_duplicate_tensors(lake: Lake, catalogs: list[RepoCatalog]) -> None:
+    """Give each duplicate file the tensors of the copy it duplicates (same bytes, so the same header)."""
+    wanted = {copy for cat in catalogs for copy in cat.duplicates.values()}
+    if not wanted:
+        return
+    where = " OR ".join("(repo_id = ? AND revision = ? AND file = ?)" for _ in wanted)
+    params = [part for copy in sorted(wanted) for part in _split_copy(copy)]
+    rows = lake.query(f"SELECT repo_id, revision, file, name, dtype, shape, data_begin, data_end FROM tensors WHERE {where}", params).to_pylist()
+    by_copy: dict[str, list[dict]] = {}
+    for r in rows:
+        by_copy.setdefault(f"{r['repo_id']}@{r['revision']}:{r['file']}", []).append(r)
+    for cat in catalogs:
+        for path, copy in cat.duplicates.items():
+            cat.tensors += [TensorEntry(r["name"], r["dtype"], tuple(r["shape"]), path, r["data_begin"], r["data_end"]) for r in by_copy.get(copy, [])]
+
+
+def _split_copy(copy: str) -> tuple[str, str, str]:
+    repo_id, rest = copy.split("@", 1)
+    revision, path = rest.split(":", 1)
+    return repo_id, revision, path
 
 
 @task(cache_policy=NONE)
 def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date) -> list[RepoCatalog]:
     """Catalog one batch over the actor pool and commit it to the lake as one unit."""
     catalogs = sorted(pool.map_unordered(lambda actor, ref: actor.catalog.remote(ref), refs), key=lambda c: c.ref.repo_id)
+    copy_duplicate_tensors(lake, catalogs)
     lake.commit("crawl", run_id, catalog_rows(catalogs, hub), day=day)
     return catalogs
 
@@ -99,7 +157,8 @@ def crawl_flow(
     the_lake, summary.run_id, started = begin_run(lake, "crawl", params, require=False, counts=asdict(summary))
 
     try:
-        todo, summary.repos_listed = list_new_repos(hub, the_lake, query)
+        todo, summary.repos_listed, listing_traffic = list_new_repos(hub, the_lake, query)
+        _add_traffic(summary, listing_traffic)
     except HubtreeError as err:
         summary.status, summary.message = "failed", str(err)
         error = CrawlError.of(err, None, "list")
@@ -111,7 +170,8 @@ def crawl_flow(
     logger.info("%d repos listed, %d already in the lake, %d to crawl", summary.repos_listed, summary.repos_skipped, len(todo))
 
     if todo:
-        with actor_pool(lambda n: CatalogWorker.remote(hub, 1 / n), len(todo), ray_address) as pool:
+        known = known_weights(the_lake)
+        with actor_pool(lambda n: CatalogWorker.remote(hub, known), len(todo), ray_address) as pool:
             with tqdm(total=len(todo), unit="repo", desc="crawl", disable=not progress) as bar:
                 for start in range(0, len(todo), batch_size):
                     for cat in catalog_batch(pool, todo[start : start + batch_size], the_lake, summary.run_id, hub, started.date()):
@@ -119,11 +179,12 @@ def crawl_flow(
                         summary.repos_failed += not cat.ok
                         summary.bytes_fetched += cat.bytes_fetched
                         summary.weights_bytes += sum(
-                            f.size for f in (cat.record.files if cat.record else []) if cat.file_kinds[f.path] in ("weights", "adapter_weights")
+                            f.size or 0 for f in (cat.record.files if cat.record else []) if cat.file_kinds[f.path] in ("weights", "adapter_weights")
                         )
                         bar.update(1)
                         bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
-            summary.requests = sum(ray.get([a.requests.remote() for a in pool.actors]))
+            for counts in ray.get([a.traffic.remote() for a in pool.actors]):
+                _add_traffic(summary, counts)
     summary.status = "completed"
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(

@@ -77,11 +77,6 @@ def actor_pool(make: Callable[[int], Any], tasks: int, ray_address: str | None =
             ray.kill(actor)
 
 
-def hub_share() -> float:
-    """One process's share of a hub's request budget: one worker's part while Ray runs, else all of it."""
-    return 1 / max(1, worker_count()) if ray.is_initialized() else 1.0
-
-
 class HubConnections:
     """One connection per hub URL, opened on first use and kept (an actor reads many repos of few hubs)."""
 
@@ -90,7 +85,7 @@ class HubConnections:
 
     def get(self, url: str) -> HubSource:
         if url not in self._hubs:
-            self._hubs[url] = open_hub(url, budget_share=hub_share())
+            self._hubs[url] = open_hub(url)  # inside Ray, its request budget is the hub's one shared budget
         return self._hubs[url]
 
 

@@ -37,7 +37,7 @@ REPOS = _table(
     pa.field("architectures", pa.list_(pa.string())),
     pa.field("config", pa.string()),  # config.json keys the Hub API reports (architectures, model_type), JSON
     pa.field("n_files", pa.int32()),
-    pa.field("total_bytes", pa.int64()),  # all files of the revision
+    pa.field("total_bytes", pa.int64()),  # all files of the revision; null when a listing crawl left some sizes unknown
     pa.field("weights_bytes", pa.int64()),  # safetensors files only
     pa.field("n_tensors", pa.int32()),
     pa.field("n_params", pa.int64()),
@@ -57,6 +57,8 @@ FILES = _table(
     pa.field("size", pa.int64()),
     pa.field("sha256", pa.string()),
     pa.field("kind", pa.string()),  # weights | adapter_weights | weights_index | pickle | config | adapter_config | card | other
+    # "repo_id@revision:path" of the file already in the lake with the same sha256: not read, its tensors copied
+    pa.field("duplicate_of", pa.string()),
 )
 
 TENSORS = _table(
@@ -98,7 +100,10 @@ CRAWL_RUNS = _table(
     pa.field("repos_skipped", pa.int64()),
     pa.field("repos_crawled", pa.int64()),
     pa.field("repos_failed", pa.int64()),
-    pa.field("requests", pa.int64()),
+    pa.field("requests", pa.int64()),  # all of them: api_calls + resolves + cdn_requests
+    pa.field("api_calls", pa.int64()),  # the hub's "api" bucket: listing pages, model infos
+    pa.field("resolves", pa.int64()),  # its "resolvers" bucket: every /resolve/ URL
+    pa.field("cdn_requests", pa.int64()),  # ranges sent to the signed URLs resolves redirect to (no bucket)
     pa.field("bytes_fetched", pa.int64()),
     pa.field("weights_bytes", pa.int64()),
     keyed=False,

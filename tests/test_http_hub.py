@@ -5,14 +5,15 @@ import hashlib
 import json
 from collections import deque
 
+import httpx2
 import numpy as np
 import pytest
 from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_token, tiny_hub  # noqa: F401 (fixtures)
 
 from hubtree.errors import EntryNotFoundError, GatedRepoError, RepoNotFoundError, RevisionNotFoundError, TruncatedFileError
-from hubtree.hub_server import FaultSpec
+from hubtree.hub_server import FaultSpec, RateLimits
 from hubtree.ops.hub.declared import edges_from_tags
-from hubtree.ops.hub.http_file import HttpFile
+from hubtree.ops.hub.http_file import HttpFile, coalesce
 from hubtree.ops.hub.http_hub import HttpHub
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.local import LocalHub
@@ -65,15 +66,46 @@ def test_header_and_tensors_over_http_match_local_file_byte_for_byte(tiny_hub, h
         opened.append(remote)
         header = read_header(remote, "model.safetensors")
         assert header == read_header(here, "model.safetensors")
-        assert remote.bytes_read == header.header_size and remote.requests == 3  # HEAD, 8 bytes, N bytes
+        # One resolve (its size and sha256 come with it), then one ranged GET of the first 100 KB at the CDN.
+        assert remote.bytes_read == min(header.file_size, HttpFile.first_read_bytes)
+        assert (remote.traffic.resolve, remote.traffic.cdn) == (1, 1)
         for entry in header.tensors:
             np.testing.assert_array_equal(read_tensor(remote, entry), read_tensor(here, entry))
-        assert remote.bytes_read == header.header_size + sum(e.nbytes for e in header.tensors)
-    n = read_header(LocalFile(tiny_hub / "org/base/model.safetensors")).header_size - 8
+        assert remote.traffic.resolve == 1  # every later range went to the kept CDN URL
+        assert remote.bytes_read == min(header.file_size, HttpFile.first_read_bytes) + sum(e.nbytes for e in header.tensors)
+        assert remote.sha256 == hashlib.sha256((tiny_hub / ref.repo_id / "model.safetensors").read_bytes()).hexdigest()
     sent = [(method, rng) for method, path, rng in server.faults.requests if path.startswith("/org/base/resolve/")]
-    assert sent[:3] == [("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{8 + n - 1}")]
-    assert all(rng and not rng.endswith("-") for method, rng in sent if method == "GET")  # never open-ended
-    assert hub.bytes_fetched == sum(f.bytes_read for f in opened) and hub.requests == sum(f.requests for f in opened)
+    assert sent == [("HEAD", None)]  # no range ever went to the resolver
+    assert server.counters["resolvers"] == len(opened) and server.counters["cdn"] == sum(f.traffic.cdn for f in opened)
+    assert hub.bytes_fetched == sum(f.bytes_read for f in opened) == server.counters["cdn_bytes"]
+    assert hub.requests == sum(f.requests for f in opened)
+
+
+def test_a_kept_cdn_url_is_reused_then_renewed_when_it_expires(tiny_hub, hub_server):
+    now = [1_800_000_000.0]
+    server = hub_server(tiny_hub, url_ttl_s=600, clock=lambda: now[0])
+    data = (tiny_hub / "org/base/model.safetensors").read_bytes()
+    ref = RepoRef("org/base", LocalHub(tiny_hub).revision("org/base"))
+    file = HttpHub(server.url, policy=fast_policy()).open_file(ref, "model.safetensors")
+    file._clock = lambda: now[0]  # the client's wall clock, moved by the test
+    assert file.read(0, 8) == data[:8] and file.read(8, 16) == data[8:16]
+    assert (file.traffic.resolve, file.traffic.cdn) == (1, 2)  # one resolve, the kept URL reused
+    now[0] += 601  # both sides agree the URL expired: the client resolves again before sending
+    assert file.read(16, 24) == data[16:24]
+    assert (file.traffic.resolve, file.traffic.cdn) == (2, 3) and server.counters["cdn_refused"] == 0
+    server.cdn.clock = lambda: now[0] + 1200  # the CDN alone thinks it expired: a 403, then a new resolve
+    server.app.state.counters  # (the hub keeps signing with its own clock, so the new URL is good)
+    assert file.read(24, 32) == data[24:32]
+    assert server.counters["cdn_refused"] == 1 and (file.traffic.resolve, file.traffic.cdn) == (3, 5)
+
+
+def test_adjacent_ranges_are_coalesced_into_one_request(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    data = (tiny_hub / "org/base/model.safetensors").read_bytes()
+    file = HttpFile(f"{server.url}/org/base/resolve/main/model.safetensors", fast_policy())
+    ranges = [(8, 16), (16, 40), (30, 50), (100, 110)]
+    assert file.read_ranges(ranges) == [data[a:b] for a, b in ranges]
+    assert coalesce(ranges) == [(8, 50), (100, 110)] and file.traffic.cdn == 2 and file.traffic.resolve == 1
 
 
 def test_range_edge_cases(tiny_hub, hub_server):
@@ -82,12 +114,13 @@ def test_range_edge_cases(tiny_hub, hub_server):
     url = f"{server.url}/org/base/resolve/main/model.safetensors"
     file = HttpFile(url, fast_policy())
     assert file.read(0, 1) == data[:1]
-    assert file.size() == len(data) and file.requests == 1  # the size came with the Content-Range: no HEAD
+    # One ranged GET to the resolver (302, its size with it), one to the CDN: no HEAD.
+    assert file.size() == len(data) and (file.traffic.resolve, file.traffic.cdn) == (1, 1)
     assert file.read(len(data) - 5, len(data)) == data[-5:]
-    assert file.read(10, 10) == b"" and file.requests == 2  # an empty read sends nothing
+    assert file.read(10, 10) == b"" and file.requests == 3  # an empty read sends nothing
     with pytest.raises(TruncatedFileError):
         file.read(len(data) - 2, len(data) + 2)  # past the known size: refused before sending
-    assert file.requests == 2
+    assert file.requests == 3
     with pytest.raises(TruncatedFileError, match=f"the file has {len(data)}"):
         HttpFile(url, fast_policy()).read(len(data), len(data) + 4)  # the server answers 416
     with pytest.raises(TruncatedFileError):
@@ -137,9 +170,9 @@ def test_endpoint_and_token_come_from_the_environment(tiny_hub, hub_server, monk
 
 
 def test_every_read_and_listing_survives_injected_faults(tiny_hub, hub_server):
-    faults = FaultSpec(rate_limit_every=5, server_error_every=7, stall_every=13, truncate_every=4, rate_limit_reset_s=0, stall_s=0.5, seed=3)
+    faults = FaultSpec(rate_limit_every=5, server_error_every=7, stall_every=13, truncate_every=4, rate_limit_reset_s=0, stall_s=2.0, seed=3)
     server = hub_server(tiny_hub, faults=faults, page_size=2)
-    policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05, timeout=0.2, seed=0)
+    policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05, timeout=1.0, seed=0)  # a stall outlasts it, a loaded machine does not
     hub, local = HttpHub(server.url, token="hf_test", policy=policy), LocalHub(tiny_hub)
     for query in QUERIES:
         assert list(hub.list_repos(query)) == list(local.list_repos(query))
@@ -184,10 +217,52 @@ def test_budget_throttles_a_crawl_to_the_window(tiny_hub, hub_server):
     hub = HttpHub(server.url, policy=RetryPolicy(budget=budget, sleep=sleep, timeout=5))
     refs = list(hub.list_repos())  # 6 repos, pages of 2: 3 API calls
     base = next(ref for ref in refs if ref.repo_id == "org/base")
-    read_header(hub.open_file(base, "model.safetensors"))  # HEAD + 2 ranges: 3 resolves
+    read_header(hub.open_file(base, "model.safetensors"))  # 1 resolve; its range goes to the CDN, outside the bucket
+    hub.read_text(base, "config.json")  # 2 (served by the hub itself)
+    hub.read_text(base, "README.md")  # 3
     hub.read_text(base, "config.json")  # the 4th resolve waits for the window
     assert list(sleeps) == [60.0, 60.0] and budget.waited_s == 120.0
-    assert hub.requests == 7
+    assert (hub.traffic.api, hub.traffic.resolve, hub.traffic.cdn) == (3, 4, 1)
+
+
+def paced_hub(server_url: str, now: list[float], **kwargs) -> tuple[HttpHub, RequestBudget]:
+    """A client on the same fake clock as the server: its waits move the server's time too."""
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    budget = RequestBudget(clock=lambda: now[0], sleep=sleep)
+    return HttpHub(server_url, token="hf_test", policy=RetryPolicy(budget=budget, sleep=sleep, timeout=5, seed=0, **kwargs)), budget
+
+
+def test_pacing_from_the_hubs_headers_meets_no_429(tiny_hub, hub_server):
+    now = [1_800_000_000.0]
+    server = hub_server(tiny_hub, page_size=2, limits=RateLimits(api=2, resolvers=3, window_s=30), clock=lambda: now[0])
+    hub, budget = paced_hub(server.url, now)  # its own limits are the free tier's: only the headers tell it less
+    local = LocalHub(tiny_hub)
+    assert list(hub.list_repos()) == list(local.list_repos())  # 3 pages: the third waits for the next window
+    for ref in local.list_repos():
+        assert read_header(hub.open_file(ref, "model.safetensors")) == read_header(LocalFile(tiny_hub / ref.repo_id / "model.safetensors"))
+    counts = server.counters.snapshot()
+    assert (counts["api"], counts["resolvers"]) == (3, 6) and "rate_limited_api" not in counts and "rate_limited_resolvers" not in counts
+    assert budget.waited_s >= 30 * 2  # at least one window for the third page and one for the 4th resolve
+
+
+def test_a_429_from_the_served_hub_waits_out_its_reset_and_loses_nothing(tiny_hub, hub_server):
+    now = [1_800_000_000.0]
+    server = hub_server(tiny_hub, limits=RateLimits(api=100, resolvers=2, window_s=30), clock=lambda: now[0])
+    for _ in range(2):  # another client of the same account spends the window's resolves behind our back
+        httpx2.head(f"{server.url}/org/base/resolve/main/config.json")
+    hub, budget = paced_hub(server.url, now)
+    local = LocalHub(tiny_hub)
+    for ref in local.list_repos():
+        remote = hub.open_file(ref, "model.safetensors")
+        header = read_header(remote)
+        assert header == read_header(LocalFile(tiny_hub / ref.repo_id / "model.safetensors"))
+        for entry in header.tensors:
+            np.testing.assert_array_equal(read_tensor(remote, entry), read_tensor(LocalFile(tiny_hub / ref.repo_id / "model.safetensors"), entry))
+    assert server.counters["rate_limited_resolvers"] == 1  # the one the other client caused; the headers paced the rest
+    assert hub.policy.retries == 1 and budget.waited_s >= 30
 
 
 def llama2_descendants() -> set[str]:

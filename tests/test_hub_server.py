@@ -6,12 +6,12 @@ import json
 
 import httpx2
 import pytest
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import parse_ratelimit_headers
 from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_token, tiny_hub  # noqa: F401 (fixtures)
 
-from hubtree.hub_server import FaultSpec
+from hubtree.hub_server import COUNTERS_PATH, FaultSpec, RateLimits
 from hubtree.ops.hub.source import RepoQuery
 from hubtree.ops.hub.local import LocalHub
 
@@ -91,24 +91,90 @@ def test_tree_lists_folders_and_files(tiny_hub, hub_server):
     assert next(iter(api.list_repo_tree("org/finetune", path_in_repo="tokenizer"))).blob_id == blob
 
 
-def test_resolve_sends_hub_headers_and_exact_ranges(tiny_hub, hub_server):
+def test_resolve_redirects_lfs_files_to_the_cdn_with_hub_headers_and_exact_ranges(tiny_hub, hub_server):
     server = hub_server(tiny_hub)
     path = tiny_hub / "org/base/model.safetensors"
     data, size = path.read_bytes(), path.stat().st_size
     sha = LocalHub(tiny_hub).revision("org/base")
     url = f"{server.url}/org/base/resolve/main/model.safetensors"
-    head = httpx2.head(url)
-    assert head.status_code == 200 and head.headers["x-repo-commit"] == sha
-    assert head.headers["content-length"] == str(size) and head.headers["accept-ranges"] == "bytes"
-    assert head.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
-    part = get(url, Range="bytes=8-99")
+    for head in (httpx2.head(url), httpx2.get(url, headers={"Range": "bytes=0-7"})):
+        assert head.status_code == 302 and head.headers["x-repo-commit"] == sha
+        assert head.headers["x-linked-size"] == str(size)
+        assert head.headers["x-linked-etag"] == head.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        assert head.headers["location"].startswith(f"{server.cdn_url}/repos/") and server.cdn_url != server.url
+    cdn = httpx2.head(url, follow_redirects=True)
+    assert cdn.status_code == 200 and cdn.headers["content-length"] == str(size) and cdn.headers["accept-ranges"] == "bytes"
+    assert "ratelimit" not in cdn.headers  # the CDN is outside every bucket
+    part = httpx2.get(url, headers={"Range": "bytes=8-99"}, follow_redirects=True)
     assert part.status_code == 206 and part.content == data[8:100]
     assert part.headers["content-range"] == f"bytes 8-99/{size}"
-    tail = get(f"{server.url}/org/base/resolve/{sha}/model.safetensors", Range=f"bytes={size - 3}-{size + 100}")
+    tail = httpx2.get(f"{server.url}/org/base/resolve/{sha}/model.safetensors", headers={"Range": f"bytes={size - 3}-{size + 100}"}, follow_redirects=True)
     assert tail.status_code == 206 and tail.content == data[-3:]  # an end past the file is clamped
-    past = get(url, Range=f"bytes={size}-{size + 10}")
+    past = httpx2.get(url, headers={"Range": f"bytes={size}-{size + 10}"}, follow_redirects=True)
     assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
-    assert get(url).content == data
+    assert httpx2.get(url, follow_redirects=True).content == data
+    config = httpx2.get(f"{server.url}/org/base/resolve/main/config.json")  # not LFS: served by the hub itself
+    assert config.status_code == 200 and config.content == (tiny_hub / "org/base/config.json").read_bytes()
+
+
+def test_huggingface_hub_reads_file_metadata_and_safetensors_headers_through_the_redirect(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    data = (tiny_hub / "org/base/model.safetensors").read_bytes()
+    meta = get_hf_file_metadata(hf_hub_url("org/base", "model.safetensors", endpoint=server.url))
+    assert (meta.commit_hash, meta.etag, meta.size) == (LocalHub(tiny_hub).revision("org/base"), hashlib.sha256(data).hexdigest(), len(data))
+    assert meta.location.startswith(server.cdn_url)
+    before = server.counters.snapshot()
+    header = HfApi(endpoint=server.url).get_safetensors_metadata("org/base")
+    assert set(header.files_metadata["model.safetensors"].tensors) == {"embed.weight", "layers.0.weight", "layers.0.bias", "positions", "empty", "scale"}
+    assert server.counters["cdn"] - before.get("cdn", 0) == 1  # one ranged GET of the first 100 KB, redirected to the CDN
+    gets = [rng for method, path, rng in server.faults.requests if method == "GET" and "/resolve/" in path]
+    assert gets == ["bytes=0-100000"]
+
+
+def test_signed_urls_expire_and_refuse_bad_signatures(tiny_hub, hub_server):
+    now = [1_800_000_000.0]
+    server = hub_server(tiny_hub, url_ttl_s=60, clock=lambda: now[0])
+    location = httpx2.head(f"{server.url}/org/base/resolve/main/model.safetensors").headers["location"]
+    assert httpx2.get(location, headers={"Range": "bytes=0-7"}).status_code == 206
+    assert httpx2.get(location.replace("Signature=", "Signature=0"), headers={"Range": "bytes=0-7"}).status_code == 403
+    expires = int(dict(p.split("=", 1) for p in location.split("?", 1)[1].split("&"))["Expires"])
+    assert expires == now[0] + 60
+    now[0] += 61
+    assert httpx2.get(location, headers={"Range": "bytes=0-7"}).status_code == 403
+    assert server.counters["cdn_refused"] == 2 and server.counters["cdn"] == 3
+
+
+def test_rate_limit_buckets_have_fixed_windows_headers_and_429(tiny_hub, hub_server):
+    now = [3000.0]  # a window boundary: windows of 10 s start at multiples of 10
+    server = hub_server(tiny_hub, limits=RateLimits(api=2, resolvers=3, window_s=10), clock=lambda: now[0])
+    seen = [parse_ratelimit_headers(get(f"{server.url}/api/models/org/base").headers) for _ in range(3)]
+    assert [(i.resource_type, i.remaining, i.reset_in_seconds, i.limit, i.window_seconds) for i in seen] == [
+        ("api", 1, 10, 2, 10), ("api", 0, 10, 2, 10), ("api", 0, 10, 2, 10)
+    ]
+    limited = get(f"{server.url}/api/models")
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "10"
+    resolve = httpx2.head(f"{server.url}/org/base/resolve/main/model.safetensors")
+    assert parse_ratelimit_headers(resolve.headers).resource_type == "resolvers"  # its own bucket
+    now[0] += 7
+    assert parse_ratelimit_headers(get(f"{server.url}/api/models").headers).reset_in_seconds == 3
+    now[0] += 3
+    fresh = get(f"{server.url}/api/models")
+    assert fresh.status_code == 200 and parse_ratelimit_headers(fresh.headers).remaining == 1
+    counts = get(f"{server.url}{COUNTERS_PATH}").json()
+    assert counts == server.counters.snapshot()
+    assert (counts["api"], counts["rate_limited_api"], counts["resolvers"]) == (6, 3, 1)
+
+
+def test_listing_limit_is_the_page_size_and_expand_selects_fields(tiny_hub, hub_server):
+    server = hub_server(tiny_hub)
+    first = get(f"{server.url}/api/models?limit=4&expand=sha&expand=siblings&expand=cardData&expand=config")
+    assert len(first.json()) == 4 and "limit=4" in first.links["next"]["url"]
+    entry = first.json()[0]
+    assert set(entry) == {"_id", "id", "sha", "siblings", "cardData", "config"}
+    assert entry["siblings"] == [{"rfilename": name} for name in ("README.md", "config.json", "model.safetensors")]
+    assert len(get(f"{server.url}/api/models?limit=5000").json()) == 6  # capped at the server's page size
+    listed = HfApi(endpoint=server.url).list_models(limit=5, expand=["sha", "createdAt", "lastModified", "tags"])
+    assert [(m.id, m.sha) for m in listed] == [(r.repo_id, r.revision) for r in LocalHub(tiny_hub).list_repos()][:5]
 
 
 def test_hf_hub_download_works_against_the_server(tiny_hub, hub_server, tmp_path):

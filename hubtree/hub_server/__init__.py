@@ -7,9 +7,16 @@ It answers the requests huggingface_hub and ``HttpHub`` send, in the Hub's shape
   ``config``; pages of ``page_size`` entries linked by ``Link: <absolute url>; rel="next"``;
 * ``GET /api/models/{repo_id}[/revision/{rev}]`` (``blobs=true`` adds sizes and LFS hashes);
 * ``GET /api/models/{repo_id}/tree/{rev}[/{path}]`` (``recursive=true``), paginated alike;
-* ``GET`` and ``HEAD /{repo_id}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``,
-  ``Content-Length``, ``Accept-Ranges: bytes``; ``Range: bytes=a-b`` answers 206 with
-  ``Content-Range``, a range starting past the end 416.
+* ``GET`` and ``HEAD /{repo_id}/resolve/{rev}/{path}``: an LFS file answers 302 to a
+  signed, expiring URL on the CDN origin (``cdn``), with ``X-Linked-Size``,
+  ``X-Linked-Etag`` (its sha256), ``X-Repo-Commit``; other files are served here with
+  ``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Accept-Ranges: bytes``; ``Range:
+  bytes=a-b`` answers 206 with ``Content-Range``, a range starting past the end 416.
+
+Rate limits (``limits``): ``api`` and ``resolvers`` buckets with fixed windows, the
+``RateLimit`` / ``RateLimit-Policy`` headers on every answer, 429 when one is spent.
+``HubCounters`` (``RunningServer.counters``, ``GET /_hubtree/counters``) count requests
+per bucket, 429s, CDN requests and bytes.
 
 ``rev`` is ``main`` or the repo's 40-hex revision (LocalHub's content hash). Errors carry
 the Hub's ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``,
@@ -35,17 +42,25 @@ a stall longer than a client's timeout, a body cut short); the ``FaultInjector``
 Run ``serve(root)`` for a blocking server, or ``with running(root) as server:`` in tests.
 
 Modules: ``served`` (what is served: folders, records, hashes), ``shapes`` (the Hub's JSON),
-``faults`` (fault injection), ``app`` (routes and errors), ``serve`` (running it).
+``faults`` (fault injection), ``limits`` (rate limits, counters), ``cdn`` (signed URLs and the
+CDN origin), ``app`` (routes and errors), ``serve`` (running it).
 """
 from __future__ import annotations
 
-from hubtree.hub_server.app import DEFAULT_PAGE_SIZE, make_app
+from hubtree.hub_server.app import COUNTERS_PATH, DEFAULT_PAGE_SIZE, make_app
+from hubtree.hub_server.cdn import Cdn
 from hubtree.hub_server.faults import FAULT_KINDS, FaultInjector, FaultSpec
+from hubtree.hub_server.limits import TIERS, HubCounters, RateLimits
 from hubtree.hub_server.serve import RunningServer, running, serve
 from hubtree.hub_server.served import ServedHub, load_records, sibling_name
 
 __all__ = [
+    "COUNTERS_PATH",
+    "Cdn",
     "DEFAULT_PAGE_SIZE",
+    "HubCounters",
+    "RateLimits",
+    "TIERS",
     "FAULT_KINDS",
     "FaultInjector",
     "FaultSpec",

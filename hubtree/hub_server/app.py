@@ -1,8 +1,7 @@
-"""The ASGI app: the Hub's routes over a ``ServedHub``, Hub error codes, and the fault middleware in front."""
+"""The ASGI app: the Hub's routes over a ``ServedHub``, Hub error codes, rate limits, and the fault middleware in front."""
 from __future__ import annotations
 
-import re
-
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,15 @@ from hubtree.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from hubtree.hub_server.cdn import Cdn, serve_bytes
 from hubtree.hub_server.faults import FaultInjector, FaultMiddleware, FaultSpec
-from hubtree.hub_server.served import ServedFile, ServedHub, ServedRepo
+from hubtree.hub_server.limits import FixedWindows, HubCounters, RateLimitMiddleware, RateLimits
+from hubtree.hub_server.served import ServedHub, ServedRepo
 from hubtree.hub_server.shapes import flag, listing_json, model_json, sort_repos, tree_json
 from hubtree.ops.hub.source import RepoQuery
 
-DEFAULT_PAGE_SIZE = 1000  # the Hub's largest page
+DEFAULT_PAGE_SIZE = 1000  # the Hub's largest page (and its largest ``limit``)
+COUNTERS_PATH = "/_hubtree/counters"  # not a Hub path: the counters as JSON, outside every bucket
 
 _ERRORS: dict[type[HubtreeError], tuple[int, str]] = {
     RepoNotFoundError: (404, "RepoNotFound"),
@@ -42,21 +44,35 @@ def make_app(
     records: Sequence[Path] = (),
     faults: FaultSpec | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
+    limits: RateLimits | None = None,
+    cdn: Cdn | None = None,
+    counters: HubCounters | None = None,
+    clock: Callable[[], float] | None = None,
     computed: Mapping[str, ServedRepo] | None = None,
 ) -> Starlette:
     """The ASGI app serving ``root`` (a LocalHub folder, or None), ``records`` and ``computed`` repos
     (big-model mode: ``hub_server.big``); see the package docstring.
 
-    ``app.state.faults`` is the FaultInjector (present without faults too, to log requests).
+    ``limits`` sets the rate-limit buckets (default: the Hub's free tier); ``clock`` their
+    fixed windows (default: the CDN's clock, else ``time.time``). With a ``cdn``, LFS files
+    resolve to 302s onto it; without one they are served here. ``app.state.faults`` is the
+    FaultInjector (present without faults too, to log requests), ``app.state.counters`` the
+    ``HubCounters`` (also at ``GET /_hubtree/counters``).
     """
     served = ServedHub(Path(root) if root is not None else None, [Path(p) for p in records], computed)
     injector = FaultInjector(faults or FaultSpec())
+    counters = counters or HubCounters()
+    clock = clock or (cdn.clock if cdn else time.time)
     app = Starlette(
-        routes=routes(Endpoints(served, page_size)),
-        middleware=[Middleware(FaultMiddleware, injector=injector)],
+        routes=[*routes(Endpoints(served, page_size, cdn)), Route(COUNTERS_PATH, lambda request: JSONResponse(counters.snapshot()))],
+        middleware=[
+            Middleware(FaultMiddleware, injector=injector),
+            Middleware(RateLimitMiddleware, windows=FixedWindows(limits or RateLimits(), clock), counters=counters),
+        ],
         exception_handlers={cls: hub_error for cls in _ERRORS},
     )
     app.state.faults = injector
+    app.state.counters = counters
     return app
 
 
@@ -83,15 +99,16 @@ class Endpoints:
 
     served: ServedHub
     page_size: int
+    cdn: Cdn | None = None
 
     def list_models(self, request: Request) -> Response:
+        """As the Hub: ``limit`` is the page size (at most ``page_size``), further pages follow the Link header."""
         params = request.query_params
         query = RepoQuery(author=params.get("author"), search=params.get("search"), filter=tuple(params.getlist("filter")))
         repos = [repo for repo in map(self.served.get, self.served.ids()) if query.matches(repo.record.repo_id, repo.record.author, repo.record.tags)]
         repos = sort_repos(repos, params.get("sort"), params.get("direction"))
-        if params.get("limit", "").isdigit():
-            repos = repos[: int(params["limit"])]
-        return page(request, repos, lambda repo: listing_json(repo, params), self.page_size)
+        size = min(int(params["limit"]), self.page_size) if params.get("limit", "").isdigit() and int(params["limit"]) > 0 else self.page_size
+        return page(request, repos, lambda repo: listing_json(repo, params), size)
 
     def model_info(self, request: Request) -> Response:
         return JSONResponse(model_json(self.repo_at(request), blobs=flag(request.query_params, "blobs")))
@@ -112,10 +129,14 @@ class Endpoints:
         file = repo.files[path]
         oid, sha256 = file.hashes()
         headers = {"X-Repo-Commit": repo.record.revision, "ETag": f'"{sha256 or oid}"'}
+        if sha256 and self.cdn is not None:
+            # An LFS file, as on the Hub: its size and sha256 here, its bytes at a signed CDN URL.
+            headers.update({"Location": self.cdn.signed_url(sha256, file), "X-Linked-Size": str(file.size), "X-Linked-Etag": f'"{sha256}"'})
+            return Response(status_code=302, headers=headers)
         if file.local is not None:
             return FileResponse(file.local, headers=headers)  # Range, 206, 416, HEAD, Accept-Ranges
         if file.generate is not None:
-            return computed_range(request, file, headers)
+            return serve_bytes(request, file, headers)
         # Synthesized text is small: served whole, and said so (servers may ignore Range).
         return Response(file.content, headers={**headers, "Accept-Ranges": "none"}, media_type="text/plain")
 
@@ -126,30 +147,6 @@ class Endpoints:
         if rev not in (None, "main", repo.record.revision):
             raise RevisionNotFoundError(f"Invalid rev id: {rev}")
         return repo
-
-
-_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
-
-
-def computed_range(request: Request, file: ServedFile, headers: dict[str, str]) -> Response:
-    """A computed file's bytes for ``Range: bytes=a-b`` (206), or 416 past its end.
-
-    Without a Range the answer is the whole file, as a server would send it; for a big
-    model that is gigabytes computed on the fly, which is what a full read costs.
-    """
-    size = file.size or 0
-    headers = {**headers, "Accept-Ranges": "bytes"}
-    match = _RANGE.match(request.headers.get("range", "").strip())
-    start, end = (int(match.group(1)), int(match.group(2)) + 1 if match.group(2) else size) if match else (0, size)
-    if start >= size:
-        return Response(b"", 416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    end = min(end, size)
-    if request.method == "HEAD":
-        return Response(b"", 200, headers={**headers, "Content-Length": str(size)})
-    status = 206 if match else 200
-    if match:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return Response(file.generate(start, end), status, headers=headers, media_type="application/octet-stream")
 
 
 async def hub_error(request: Request, err: Exception) -> Response:

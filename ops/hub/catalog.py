@@ -3,7 +3,10 @@
 This is the per-repo unit of a crawl. It reads the card, the configs and the header
 of every safetensors file, never tensor data, and never opens a pickled file. Card
 metadata and config keys that the hub's API already returned with the record are
-taken from there, not fetched again (on the Hub that saves two resolves per repo). Every
+taken from there, not fetched again (on the Hub that saves two resolves per repo). A
+weights file whose sha256 (the hub's ``X-Linked-Etag``, from the file's one resolve) is
+already in the lake is an exact duplicate: its data is not read, the catalog names the
+copy it duplicates, and the flow takes the tensors from that copy. Every
 failure is caught at the smallest scope that keeps the rest: a bad card costs the
 card, a bad weights file costs that file, a missing repo costs the repo; each
 becomes a ``CrawlError`` instead of an exception.
@@ -11,7 +14,8 @@ becomes a ``CrawlError`` instead of an exception.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from hubtree.errors import ConfigParseError, EntryNotFoundError, HubtreeError, UnsupportedFormatError
@@ -79,6 +83,8 @@ class RepoCatalog:
     tensors: list[TensorEntry] = field(default_factory=list)
     errors: list[CrawlError] = field(default_factory=list)
     bytes_fetched: int = 0
+    # path -> the file it is an exact copy of ("repo_id@revision:path"), recognised by sha256 without reading it
+    duplicates: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -106,11 +112,15 @@ def file_kind(path: str) -> str:
     return "other"
 
 
-def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
-    """Catalog ``ref`` from ``source``; never raises for bad input, only records it."""
+def catalog_repo(source: HubSource, ref: RepoRef, known: Mapping[str, str] | None = None) -> RepoCatalog:
+    """Catalog ``ref`` from ``source``; never raises for bad input, only records it.
+
+    ``known`` maps the sha256 of weights files already in the lake to where they are
+    (``repo_id@revision:path``): such a file costs its resolve only.
+    """
     out = RepoCatalog(ref)
     try:
-        out.record = source.repo_record(ref)
+        out.record = replace(source.repo_record(ref))  # a copy: sizes learned below must not change a shared listing
     except HubtreeError as err:
         out.errors.append(CrawlError.of(err, ref, "record", revision_known=False))
         return out
@@ -142,18 +152,24 @@ def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
 
     weights = [f for f in out.record.files if out.file_kinds[f.path] in ("weights", "adapter_weights")]
     for repo_file in weights:
-        _read_tensors(source, ref, repo_file, out)
+        _read_tensors(source, ref, repo_file, out, known or {})
     if not weights and any(k == "pickle" for k in out.file_kinds.values()):
         err = UnsupportedFormatError("weights only in pickle formats (.bin/.pt); hubtree never unpickles, so none were read")
         out.errors.append(CrawlError.of(err, ref, "weights"))
     return out
 
 
-def _read_tensors(source: HubSource, ref: RepoRef, repo_file: RepoFile, out: RepoCatalog) -> None:
+def _read_tensors(source: HubSource, ref: RepoRef, repo_file: RepoFile, out: RepoCatalog, known: Mapping[str, str]) -> None:
+    """The file's header into ``out.tensors``; its size and sha256 into the record, as its resolve and read tell them."""
     try:
-        # size 0 is also how a record without file sizes lists a file: let the hub say what it is
+        # a size unknown (None, or 0 from a record without sizes) is the hub's to say
         handle = source.open_file(ref, repo_file.path, repo_file.size or None)
         try:
+            sha256 = repo_file.sha256 or getattr(handle, "sha256", None)
+            if sha256 in known:
+                out.duplicates[repo_file.path] = known[sha256]
+                _learn_file(out, replace(repo_file, size=handle.size(), sha256=sha256))
+                return
             header = read_header(handle, repo_file.path)
         finally:
             out.bytes_fetched += handle.bytes_read
@@ -161,6 +177,11 @@ def _read_tensors(source: HubSource, ref: RepoRef, repo_file: RepoFile, out: Rep
         out.errors.append(CrawlError.of(err, ref, "header", repo_file.path))
         return
     out.tensors.extend(header.tensors)
+    _learn_file(out, replace(repo_file, size=header.file_size, sha256=sha256))
+
+
+def _learn_file(out: RepoCatalog, learned: RepoFile) -> None:
+    out.record.files = [learned if f.path == learned.path else f for f in out.record.files]
 
 
 def _text(source: HubSource, ref: RepoRef, path: str, stage: str, out: RepoCatalog) -> str | None:

@@ -8,28 +8,33 @@ from hubtree.ops.hub.source import HubSource
 DEFAULT_HUB = "https://huggingface.co"
 
 
-def open_hub(hub: str | None, budget_share: float = 1.0) -> HubSource:
+def open_hub(hub: str | None) -> HubSource:
     """``http(s)://...`` is a Hub-compatible endpoint (default: the Hugging Face Hub); anything else a local folder.
 
-    A remote hub's request budget per window comes from HUBTREE_API_BUDGET and
-    HUBTREE_RESOLVE_BUDGET (default: the free tier's 1,000 and 5,000 per 5 minutes);
-    ``budget_share`` is this process's part of it when several workers crawl at once,
-    so that together they stay under the limit. HUBTREE_HTTP_TIMEOUT_S bounds each
-    request (default 30 s); a request that times out is retried like a 5xx.
+    A remote hub's request budget per 5-minute window is its tier's (HUBTREE_HUB_TIER:
+    ``anonymous``, ``free`` or ``pro``; default ``free`` with a token, ``anonymous``
+    without), unless HUBTREE_API_BUDGET / HUBTREE_RESOLVE_BUDGET set a bucket's quota;
+    the hub's own RateLimit headers then lower it where they say less is left. Inside a
+    Ray cluster every worker shares one budget per hub (a named actor); outside, the
+    process has its own. HUBTREE_HTTP_TIMEOUT_S bounds each request (default 30 s); a
+    request that times out is retried like a 5xx.
     """
     hub = hub or DEFAULT_HUB
     if not hub.startswith(("http://", "https://")):
         from hubtree.ops.hub.local import LocalHub
 
         return LocalHub(hub)
-    # Imported lazily: huggingface_hub and httpx are needed for remote hubs only.
-    from hubtree.ops.hub.http_hub import HttpHub
-    from hubtree.ops.hub.retry import API, FREE_TIER, RESOLVE, RequestBudget, RetryPolicy
+    # Imported lazily: huggingface_hub, httpx and Ray are needed for remote hubs only.
+    import ray
+    from huggingface_hub import get_token
 
-    totals = {
-        API: int(os.environ.get("HUBTREE_API_BUDGET", FREE_TIER[API])),
-        RESOLVE: int(os.environ.get("HUBTREE_RESOLVE_BUDGET", FREE_TIER[RESOLVE])),
-    }
-    limits = {kind: max(1, int(total * budget_share)) for kind, total in totals.items()}
+    from hubtree.ops.hub.http_hub import HttpHub
+    from hubtree.ops.hub.retry import API, RESOLVE, RequestBudget, RetryPolicy, shared_budget, tier_limits
+
+    limits = tier_limits(os.environ.get("HUBTREE_HUB_TIER") or ("free" if get_token() else "anonymous"))
+    for kind, variable in ((API, "HUBTREE_API_BUDGET"), (RESOLVE, "HUBTREE_RESOLVE_BUDGET")):
+        if os.environ.get(variable):
+            limits[kind] = int(os.environ[variable])
+    budget = shared_budget(hub, limits) if ray.is_initialized() else RequestBudget(limits=limits)
     timeout = float(os.environ.get("HUBTREE_HTTP_TIMEOUT_S", 30))
-    return HttpHub(hub, policy=RetryPolicy(budget=RequestBudget(limits=limits), timeout=timeout))
+    return HttpHub(hub, policy=RetryPolicy(budget=budget, timeout=timeout))

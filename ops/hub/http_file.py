@@ -1,59 +1,107 @@
-"""A ``ByteSource`` over HTTP: exact byte ranges of one file on a hub, counted.
+"""A ``ByteSource`` over HTTP: exact byte ranges of one file on a hub, one resolve per file, counted.
+
+On the Hub an LFS file's ``/resolve/`` URL answers 302 to a signed CDN URL valid about
+an hour; resolves count against the scarcest rate-limit bucket, the CDN against none.
+So a file is resolved once (a HEAD, or the first ranged GET, with redirects not
+followed): its ``X-Linked-Size``, ``X-Linked-Etag`` (the sha256 of an LFS file) and
+``X-Repo-Commit`` are kept, and so is the ``Location`` with its expiry (the URL's
+``Expires``); every later range goes to that kept URL. It is resolved again when it
+has expired, or when the CDN answers 403 (a signature the CDN no longer accepts).
+Files the hub serves itself (small, non-LFS: cards, configs) answer 200/206 directly.
 
 ``read(start, end)`` sends exactly ``Range: bytes=start-(end-1)``: never an open-ended
-range, never a read-ahead, so reading a weights header costs ``8 + N`` bytes and a
-tensor costs its own bytes, whatever the file's size. Requests go through
-huggingface_hub's shared session with its headers, so ``HF_TOKEN``, a saved login,
-proxies and a custom client factory behave as users of huggingface_hub expect; the
-token is in the headers only, never in a message or a log line.
+range, never a read-ahead. ``read_ranges`` coalesces adjacent ranges into one request.
+Requests go through huggingface_hub's shared session with its headers, so ``HF_TOKEN``,
+a saved login, proxies and a custom client factory behave as users of huggingface_hub
+expect; the token goes to the hub only (never to the CDN, as huggingface_hub does), and
+never into a message or a log line.
 """
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from hubtree.errors import HubError, TruncatedFileError
-from hubtree.ops.hub.retry import RESOLVE, RetryPolicy
+from hubtree.ops.hub.retry import CDN, RESOLVE, RetryPolicy
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A kept CDN URL is not used in its last seconds: a range sent then could arrive expired.
+EXPIRY_MARGIN_S = 5.0
 
 
 @dataclass
 class Traffic:
-    """Requests sent (retries included) and body bytes received; thread-safe, so one can be shared by many files."""
+    """Requests sent (retries included) per kind (``api``, ``resolve``, ``cdn``) and file bytes received; thread-safe."""
 
-    requests: int = 0
+    api: int = 0
+    resolve: int = 0
+    cdn: int = 0
     bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def add(self, requests: int = 0, nbytes: int = 0) -> None:
+    @property
+    def requests(self) -> int:
+        return self.api + self.resolve + self.cdn
+
+    def add(self, kind: str | None = None, nbytes: int = 0) -> None:
         with self._lock:
-            self.requests += requests
+            if kind is not None:
+                setattr(self, kind, getattr(self, kind) + 1)
             self.bytes += nbytes
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"api_calls": self.api, "resolves": self.resolve, "cdn_requests": self.cdn, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one resolve said of a file: where its bytes are, until when, and the hub's metadata."""
+
+    location: str | None  # the CDN URL; None when the hub serves the bytes itself
+    expires: float | None  # epoch seconds (the URL's ``Expires``); None: until the CDN refuses it
+    size: int | None
+    etag: str | None  # X-Linked-Etag (an LFS file's sha256) or ETag, unquoted
+    commit: str | None  # X-Repo-Commit
+
+
+class _Refused(Exception):
+    """The CDN refused a kept URL (403): resolve again."""
 
 
 class HttpFile:
-    """Random access to one remote file by HTTP range requests.
+    """Random access to one remote file by HTTP range requests, resolved once.
 
     Args:
         url: the file's resolve URL (``{endpoint}/{repo_id}/resolve/{revision}/{path}``).
         policy: the retry policy and request budget, shared with the hub that opened the file
             (a file opened on its own gets a policy, and so a budget, of its own).
-        size: the file's size when already known (from a listing), saving a HEAD.
+        size: the file's size when already known (from the lake), saving nothing but a check.
         headers: request headers; by default ``build_hf_headers()`` (HF_TOKEN or the saved login).
-        traffic: a counter shared with the hub, on top of this file's own ``requests`` and ``bytes_read``.
+        traffic: a counter shared with the hub, on top of this file's own.
+        clock: epoch seconds, to judge a kept URL's expiry (injectable for tests).
 
     Example::
 
         source = HttpFile("https://huggingface.co/org/name/resolve/<sha>/model.safetensors")
-        header = read_header(source, "model.safetensors")   # two requests, 8 + N bytes
+        header = read_header(source, "model.safetensors")   # one resolve, one CDN request
     """
+
+    @property
+    def first_read_bytes(self) -> int:
+        """How much a header read asks at once: ~100 KB as huggingface_hub does (most headers fit),
+        but at most 1% of a small file, whose header is small too: a second read is one CDN
+        request, cheaper than most of a 200 KB file."""
+        return min(100_000, max(8, (self._size or 0) // 100))
 
     def __init__(
         self,
@@ -62,11 +110,15 @@ class HttpFile:
         size: int | None = None,
         headers: Mapping[str, str] | None = None,
         traffic: Traffic | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.url = url
         self.policy = policy or RetryPolicy()
         self._size = size
         self._headers = {**(headers if headers is not None else build_hf_headers()), "Accept-Encoding": "identity"}
+        self._cdn_headers = {"Accept-Encoding": "identity", "user-agent": self._headers.get("user-agent", "hubtree")}
+        self._clock = clock
+        self._resolved: Resolved | None = None
         self._own = Traffic()
         self._sinks = (self._own, traffic) if traffic is not None else (self._own,)
 
@@ -77,13 +129,33 @@ class HttpFile:
 
     @property
     def requests(self) -> int:
-        """Requests this file sent, retries included."""
+        """Requests this file sent, retries included (resolves and CDN requests)."""
         return self._own.requests
 
+    @property
+    def traffic(self) -> Traffic:
+        """This file's own counts per kind."""
+        return self._own
+
+    def resolve(self) -> Resolved:
+        """The file's resolve (one HEAD, redirects not followed) unless one is already kept."""
+        if self._resolved is None:
+            self._resolved = self.policy.run(RESOLVE, self._head, self.url)
+            self._size = self._size if self._resolved.size is None else self._resolved.size
+        return self._resolved
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's sha256 as the hub names it (``X-Linked-Etag`` of an LFS file), from its one resolve; no data read."""
+        etag = self.resolve().etag
+        return etag if etag and _SHA256.match(etag) else None
+
     def size(self) -> int:
-        """The file's length from one HEAD (redirects followed; ``X-Linked-Size`` wins, as the Hub sets it for LFS files)."""
+        """The file's length: known, else from its resolve (``X-Linked-Size``, or ``Content-Length`` of a direct answer)."""
         if self._size is None:
-            self._size = self.policy.run(RESOLVE, self._head, self.url)
+            self.resolve()
+        if self._size is None:
+            raise HubError(f"{self.url}: the hub sent no size for the file")
         return self._size
 
     def read(self, start: int, end: int) -> bytes:
@@ -97,42 +169,94 @@ class HttpFile:
             raise TruncatedFileError(f"{self.url}: wanted bytes {start}-{end - 1}, the file has {self._size}")
         return data
 
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(start, end)``, in order; adjacent or overlapping ranges share one request."""
+        merged = coalesce(ranges)
+        blocks = {(start, end): self.read(start, end) for start, end in merged}
+        out = []
+        for start, end in ranges:
+            block_start, block_end = next((s, e) for s, e in merged if s <= start and end <= e)
+            out.append(blocks[(block_start, block_end)][start - block_start : end - block_start])
+        return out
+
     def read_prefix(self, limit: int) -> bytes:
-        """The first ``limit`` bytes, or the whole file if it is shorter, in one request (no HEAD first)."""
+        """The first ``limit`` bytes, or the whole file if it is shorter, in one ranged GET (no HEAD first)."""
         return self._get(0, limit) if limit > 0 else b""
 
-    # -- one request each ------------------------------------------------------
-    def _head(self) -> int:
-        response = get_session().head(self.url, headers=self._headers, timeout=self.policy.timeout, follow_redirects=True)
-        self._count(requests=1 + len(response.history))
-        hf_raise_for_status(response)
-        for hop in (*response.history, response):
-            if "x-linked-size" in hop.headers:
-                return int(hop.headers["x-linked-size"])
-        if "content-length" not in response.headers:
-            raise HubError(f"{self.url}: the hub sent no Content-Length, so the file's size is unknown")
-        return int(response.headers["content-length"])
-
+    # -- requests ----------------------------------------------------------------
     def _get(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` or fewer at the end of the file, under the retry policy."""
-        return self.policy.run(RESOLVE, lambda: self._get_once(start, end), self.url)
+        """Bytes ``[start, end)`` or fewer at the end of the file: from the kept URL, else by resolving first."""
+        resolved = self._resolved
+        if resolved is not None and resolved.location is not None and not self._expired(resolved):
+            try:
+                return self.policy.run(CDN, lambda: self._range_get(resolved.location, start, end, cdn=True), self.url)
+            except _Refused:
+                self._resolved = None  # a URL the CDN no longer accepts: resolve again, once
+        elif resolved is not None and resolved.location is None:
+            return self.policy.run(RESOLVE, lambda: self._range_get(self.url, start, end, cdn=False), self.url)
+        data = self.policy.run(RESOLVE, lambda: self._resolve_get(start, end), self.url)
+        if data is not None:
+            return data
+        location = self._resolved.location
+        try:
+            return self.policy.run(CDN, lambda: self._range_get(location, start, end, cdn=True), self.url)
+        except _Refused:
+            raise HubError(f"{self.url}: the CDN refused a URL the hub has just signed (HTTP 403)") from None
 
-    def _get_once(self, start: int, end: int) -> bytes:
+    def _expired(self, resolved: Resolved) -> bool:
+        return resolved.expires is not None and self._clock() >= resolved.expires - EXPIRY_MARGIN_S
+
+    def _head(self) -> Resolved:
+        response = get_session().head(self.url, headers=self._headers, timeout=self.policy.timeout, follow_redirects=False)
+        self._count(RESOLVE)
+        self.policy.observe(response)
+        hf_raise_for_status(response)
+        return self._resolution(response)
+
+    def _resolve_get(self, start: int, end: int) -> bytes | None:
+        """One ranged GET of the resolve URL: the bytes if the hub serves them, None (and the resolve kept) if it redirects."""
         headers = {**self._headers, "Range": f"bytes={start}-{end - 1}"}
-        with get_session().stream("GET", self.url, headers=headers, timeout=self.policy.timeout) as response:
-            self._count(requests=1 + len(response.history))
-            if response.status_code == 416:  # the range starts at or past the end of the file
-                self._learn_size(_UNSATISFIED_RANGE, response.headers.get("content-range", ""), group=1)
-                return b""
-            if response.status_code >= 400:
-                response.read()  # error bodies are small; hf_raise_for_status reads the message from them
-                hf_raise_for_status(response)
-            if response.status_code == 206:
-                self._check_range(response.headers.get("content-range", ""), start, end)
-            elif not (response.status_code == 200 and start == 0):
-                raise HubError(f"{self.url}: answered HTTP {response.status_code} to a range request")
-            # A server that ignores Range sends the whole file: keep what was asked, stop reading there.
-            data = _read_at_most(response, end - start)
+        with get_session().stream("GET", self.url, headers=headers, timeout=self.policy.timeout, follow_redirects=False) as response:
+            self._count(RESOLVE)
+            self.policy.observe(response)
+            if response.has_redirect_location:
+                self._resolved = self._resolution(response)
+                self._size = self._size if self._resolved.size is None else self._resolved.size
+                return None
+            self._resolved = self._resolution(response)
+            return self._body(response, start, end)
+
+    def _range_get(self, url: str, start: int, end: int, cdn: bool) -> bytes:
+        headers = {**(self._cdn_headers if cdn else self._headers), "Range": f"bytes={start}-{end - 1}"}
+        with get_session().stream("GET", url, headers=headers, timeout=self.policy.timeout, follow_redirects=False) as response:
+            self._count(CDN if cdn else RESOLVE)
+            if not cdn:
+                self.policy.observe(response)
+            if cdn and response.status_code == 403:
+                raise _Refused()
+            return self._body(response, start, end)
+
+    def _resolution(self, response: httpx2.Response) -> Resolved:
+        """The resolve's metadata, as huggingface_hub's ``get_hf_file_metadata`` reads it."""
+        h = response.headers
+        location = urljoin(self.url, h["location"]) if response.has_redirect_location else None
+        size = h.get("x-linked-size") or (None if location else _total_size(response))
+        etag = (h.get("x-linked-etag") or h.get("etag") or "").removeprefix("W/").strip('"') or None
+        return Resolved(location, _expires(location) if location else None, int(size) if size else None, etag, h.get("x-repo-commit"))
+
+    def _body(self, response: httpx2.Response, start: int, end: int) -> bytes:
+        if response.status_code == 416:  # the range starts at or past the end of the file
+            self._learn_size(_UNSATISFIED_RANGE, response.headers.get("content-range", ""), group=1)
+            return b""
+        if response.status_code >= 400:
+            response.read()  # error bodies are small; hf_raise_for_status reads the message from them
+            hf_raise_for_status(response)
+        if response.status_code == 206:
+            self._check_range(response.headers.get("content-range", ""), start, end)
+        elif not (response.status_code == 200 and start == 0):
+            raise HubError(f"{self.url}: answered HTTP {response.status_code} to a range request")
+        # A server that ignores Range sends the whole file: keep what was asked, stop reading there.
+        data = _read_at_most(response, end - start)
         self._count(nbytes=len(data))
         return data
 
@@ -147,9 +271,34 @@ class HttpFile:
         if match and match.group(group) != "*":
             self._size = int(match.group(group))
 
-    def _count(self, requests: int = 0, nbytes: int = 0) -> None:
+    def _count(self, kind: str | None = None, nbytes: int = 0) -> None:
         for sink in self._sinks:
-            sink.add(requests, nbytes)
+            sink.add(kind, nbytes)
+
+
+def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with adjacent or overlapping ones merged: ``[(0, 4), (4, 9), (20, 30)] -> [(0, 9), (20, 30)]``."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _total_size(response: httpx2.Response) -> str | None:
+    """A direct answer's file size: the total of its Content-Range, else its Content-Length (a whole-file answer)."""
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
+    if match:
+        return None if match.group(3) == "*" else match.group(3)
+    return response.headers.get("content-length") if response.status_code == 200 else None
+
+
+def _expires(location: str) -> float | None:
+    """A signed URL's expiry (CloudFront's ``Expires``, epoch seconds), None if it does not say."""
+    values = parse_qs(urlsplit(location).query).get("Expires")
+    return float(values[0]) if values and values[0].isdigit() else None
 
 
 def _read_at_most(response: httpx2.Response, limit: int) -> bytes:

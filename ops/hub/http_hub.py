@@ -3,24 +3,31 @@
 Requests are huggingface_hub's: its shared session and headers (so ``HF_TOKEN``, a
 saved login and proxies work as users expect), its ``hf_raise_for_status`` (so the Hub's
 error codes become precise exceptions), its ``ModelInfo`` parsing and URL helpers. Every
-request runs under our ``RetryPolicy`` with its timeout and budget.
+request runs under our ``RetryPolicy`` with its timeout and budget, and every answer's
+``RateLimit`` headers update that budget.
 
-That is why listing pages are fetched here rather than by ``HfApi.list_models``: it
-follows the ``Link: <...>; rel="next"`` header through ``http_backoff``, with its own
-retries and no timeout, so one stalled page would hang a crawl and no page would count
-against the request budget. We follow the same header the same way, one policed
-request per page. ``HfApi.model_info`` is a single request that takes a timeout, so it
-is used as is.
+That is why listing pages and model infos are fetched here rather than by
+``HfApi.list_models`` / ``model_info``: those follow pages through ``http_backoff`` with
+their own retries and no timeout, and hide the responses' headers. We send the same
+requests (``Link: <...>; rel="next"`` pages, ``/api/models/{id}/revision/{rev}``), one
+policed request each.
+
+A crawl lives on listings: a page of ``list_models(expand=[sha, dates, tags, cardData,
+config, siblings])`` describes up to 1,000 repos in one API call, so each ``RepoRef``
+listed carries its ``RepoRecord`` and ``repo_record`` costs nothing; ``model_info`` is
+called only for a ref listed without one. File sizes and hashes, which listings lack,
+come from each file's one resolve (``X-Linked-Size``, ``X-Linked-Etag``, ``Content-Range``).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import quote
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx2
-from huggingface_hub import HfApi, ModelInfo, constants, hf_hub_url
+from huggingface_hub import ModelInfo, constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from hubtree.errors import RepoNotFoundError
@@ -28,8 +35,12 @@ from hubtree.ops.hub.http_file import HttpFile, Traffic
 from hubtree.ops.hub.source import RepoFile, RepoQuery, RepoRecord, RepoRef
 from hubtree.ops.hub.retry import API, RetryPolicy
 
-# What a listing entry must carry: the sha makes a RepoRef; the rest lets a family be filtered and sorted here.
-_LISTING_FIELDS = ["sha", "author", "tags", "createdAt", "lastModified"]
+# What a listing entry must carry: the sha makes a RepoRef, the rest its RepoRecord (and filters a family here).
+_LISTING_FIELDS = [
+    "sha", "author", "tags", "createdAt", "lastModified", "cardData", "config", "siblings",
+    "pipeline_tag", "library_name", "gated", "downloads", "likes",
+]
+PAGE_SIZE = 1000  # the Hub's largest listing page
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 # The sorts LocalHub applies to a family (newest first); others keep breadth-first order, as there.
 _FAMILY_SORTS = {"created_at": "created_at", "createdAt": "created_at", "last_modified": "last_modified", "lastModified": "last_modified"}
@@ -58,7 +69,6 @@ class HttpHub:
         self.url = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         self.policy = policy or RetryPolicy()
         self.traffic = Traffic()
-        self._api = HfApi(endpoint=self.url, token=token)
         self._headers = build_hf_headers(token=token)  # holds the token: never logged, never in a message
 
     def __repr__(self) -> str:
@@ -82,9 +92,9 @@ class HttpHub:
         if query.family:
             yield from self._family_refs(query)
             return
-        params = _list_params(query.author, query.search, query.filter, query.sort, query.limit)
+        params = _list_params(query.author, query.search, query.filter, query.sort)
         for info in self._list_models(params, query.limit):
-            yield RepoRef(info.id, info.sha)
+            yield listed_ref(info)
 
     def family(self, base: str) -> Iterator[ModelInfo]:
         """``base`` (if it exists) and every repo declaring a parent in the family, breadth first.
@@ -117,7 +127,7 @@ class HttpHub:
         for count, info in enumerate(members):
             if query.limit is not None and count >= query.limit:
                 return
-            yield RepoRef(info.id, info.sha)
+            yield listed_ref(info)
 
     def _list_models(self, params: list[tuple[str, Any]], limit: int | None) -> Iterator[ModelInfo]:
         """Every listing entry, one policed request per page, following ``Link: rel="next"``."""
@@ -131,44 +141,28 @@ class HttpHub:
                 if limit is not None and count >= limit:
                     return
                 count += 1
-                yield ModelInfo(**item)
+                yield ModelInfo(**{"siblings": None, **item})
             # The next link carries the whole query; params (even []) would replace it.
             url, page_params = response.links.get("next", {}).get("url"), None
 
     def _get_json(self, url: str, params: list[tuple[str, Any]] | None) -> httpx2.Response:
-        self.traffic.add(requests=1)
+        self.traffic.add(API)
         response = get_session().get(url, params=params, headers=self._headers, timeout=self.policy.timeout)
+        self.policy.observe(response)
         hf_raise_for_status(response)
         return response
 
     # -- one repo --------------------------------------------------------------
     def repo_record(self, ref: RepoRef) -> RepoRecord:
-        """``model_info`` at ``ref.revision`` with file sizes and LFS hashes, as a RepoRecord.
+        """The record a listing attached to ``ref``, else ``model_info`` at ``ref.revision`` (one API call).
 
-        Its card metadata (``cardData``, the card's YAML as the Hub parsed it) and
+        Either way card metadata (``cardData``, the card's YAML as the Hub parsed it) and
         ``config`` come along, so the catalog need not resolve README.md and config.json.
         """
+        if ref.listing is not None:
+            return ref.listing
         info = self._model_info(ref.repo_id, ref.revision)
-        return RepoRecord(
-            repo_id=info.id,
-            revision=info.sha or ref.revision,
-            author=info.author,
-            created_at=info.created_at,
-            last_modified=info.last_modified,
-            tags=list(info.tags or []),
-            pipeline_tag=info.pipeline_tag,
-            library_name=info.library_name,
-            gated=bool(info.gated),
-            downloads=info.downloads,
-            likes=info.likes,
-            files=[
-                # Every file has a size on the Hub; only metadata-only records lack one (0 then).
-                RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
-                for s in info.siblings or []
-            ],
-            card=info.card_data.to_dict() if info.card_data else None,
-            config=info.config if isinstance(info.config, dict) else None,
-        )
+        return model_record(info, ref.revision)
 
     def read_text(self, ref: RepoRef, path: str, max_bytes: int = 1 << 20) -> str:
         """A small file (card, config) in one ranged GET of at most ``max_bytes``."""
@@ -180,11 +174,36 @@ class HttpHub:
         return HttpFile(url, self.policy, size=size, headers=self._headers, traffic=self.traffic)
 
     def _model_info(self, repo_id: str, revision: str | None) -> ModelInfo:
-        def attempt() -> ModelInfo:
-            self.traffic.add(requests=1)
-            return self._api.model_info(repo_id, revision=revision, files_metadata=True, timeout=self.policy.timeout)
+        """``HfApi.model_info(files_metadata=True)``'s request, policed: sizes and LFS hashes of every file."""
+        url = f"{self.url}/api/models/{repo_id}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
+        response = self.policy.run(API, lambda: self._get_json(url, [("blobs", True)]), url)
+        return ModelInfo(**response.json())
 
-        return self.policy.run(API, attempt, f"{self.url}/api/models/{repo_id}")
+
+def listed_ref(info: ModelInfo) -> RepoRef:
+    """A listing entry as a RepoRef carrying its record (None if the entry lacks the sha or the file names)."""
+    complete = info.sha is not None and info.siblings is not None
+    return RepoRef(info.id, info.sha, listing=model_record(info, info.sha) if complete else None)
+
+
+def model_record(info: ModelInfo, revision: str | None) -> RepoRecord:
+    """A ``ModelInfo`` (listing entry or model info) as a RepoRecord; file sizes None where the hub gave none."""
+    return RepoRecord(
+        repo_id=info.id,
+        revision=info.sha or revision,
+        author=info.author,
+        created_at=info.created_at,
+        last_modified=info.last_modified,
+        tags=list(info.tags or []),
+        pipeline_tag=info.pipeline_tag,
+        library_name=info.library_name,
+        gated=bool(info.gated),
+        downloads=info.downloads,
+        likes=info.likes,
+        files=[RepoFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []],
+        card=info.card_data.to_dict() if info.card_data else None,
+        config=info.config if isinstance(info.config, dict) else None,
+    )
 
 
 def _list_params(
@@ -192,14 +211,15 @@ def _list_params(
     search: str | None = None,
     filter: tuple[str, ...] = (),
     sort: str | None = None,
-    limit: int | None = None,
 ) -> list[tuple[str, Any]]:
-    """Query parameters as ``HfApi.list_models`` builds them (``filter`` and ``expand`` repeat)."""
+    """Query parameters as ``HfApi.list_models`` builds them (``filter`` and ``expand`` repeat), with the largest pages.
+
+    As on the Hub, ``limit`` is the page size: a query's own limit is applied here while reading.
+    """
     params: list[tuple[str, Any]] = [("filter", tag) for tag in filter]
     params += [(name, value) for name, value in (("author", author), ("search", search)) if value]
     if sort:
         params.append(("sort", _SORT_NAMES.get(sort, sort)))
-    if limit is not None:
-        params.append(("limit", limit))
+    params.append(("limit", PAGE_SIZE))
     return params + [("expand", name) for name in _LISTING_FIELDS]
 

@@ -39,6 +39,8 @@ class RepoRef:
 
     repo_id: str
     revision: str  # a commit sha on the Hub, a content hash for a local folder
+    # The repo's record when the listing gave all of it (an HTTP listing with ``expand``): no model_info then.
+    listing: RepoRecord | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class RepoFile:
     """A file of a repo at a revision."""
 
     path: str
-    size: int
+    size: int | None  # None where the hub did not say (a listing); a read learns it
     sha256: str | None = None  # the LFS oid where the hub gives one
 
 

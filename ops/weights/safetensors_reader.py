@@ -217,11 +217,18 @@ def _entry(name: str, spec: object, data_start: int, file: str) -> TensorEntry:
 
 
 def read_header(source: ByteSource, file: str = "") -> SafetensorsHeader:
-    """Read and validate a header with two reads: the 8-byte prefix, then exactly N bytes."""
+    """Read and validate a header: one read of the first ``first_read_bytes``, a second only for a longer header.
+
+    A source says how much its first read should ask (``first_read_bytes``): a remote
+    file asks ~100 KB at once, as huggingface_hub's ``get_safetensors_metadata`` does,
+    because a request costs more than bytes there and most headers fit; a local file
+    reads the 8-byte prefix and then exactly N bytes.
+    """
     size = source.size()
-    first8 = source.read(0, 8) if size >= 8 else b""
-    n = header_length(first8, size, file)
-    return parse_header(first8 + source.read(8, 8 + n), size, file)
+    first = source.read(0, min(size, getattr(source, "first_read_bytes", 8))) if size >= 8 else b""
+    n = header_length(first[:8], size, file)
+    rest = source.read(len(first), 8 + n) if 8 + n > len(first) else b""
+    return parse_header(first + rest, size, file)
 
 
 def entries_for(source: ByteSource, names: list[str], file: str = "") -> list[TensorEntry]:
