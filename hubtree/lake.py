@@ -206,6 +206,24 @@ class Lake:
             self._retry(con, write, f"commit a {stage} batch")
         return batch_id
 
+    def import_rows(self, tables: dict[str, pa.Table]) -> None:
+        """Insert rows that already carry ``run_id``, ``batch_id`` and ``crawl_date`` (a migration), with
+        their ``lake_commits`` rows among ``tables``, as one transaction; keyed rows the lake holds are skipped."""
+        for name, table in tables.items():
+            if name not in SCHEMAS:
+                raise LakeError(f"no table {name!r} in the lake schemas")
+        prepared = {name: table.select(_with_date(SCHEMAS[name]).names).cast(_with_date(SCHEMAS[name])) for name, table in tables.items()}
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            for name, table in prepared.items():
+                _insert(con, name, table)
+            guarded = sorted(name for name in prepared if name in KEYS)
+            con.execute(f"UPDATE {GUARD} SET commits = commits + 1 WHERE table_name IN ({', '.join(_literal(g) for g in guarded) or 'NULL'})")
+            con.execute(f"CALL {_alias(con)}.set_commit_message('hubtree', 'migrate', extra_info => '{{}}')")
+
+        with self.connect(create=True) as con:
+            self._retry(con, write, "import the rows")
+
     def write_blob(self, kind: str, key: str, run_id: str, data: bytes, suffix: str) -> dict:
         """Write one file for ``key`` (a repo id or model id) under ``blobs/``; returns its ``blobs`` row.
 

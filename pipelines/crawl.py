@@ -102,9 +102,6 @@ def crawl_flow(
     the_lake = Lake(lake)
     summary = CrawlSummary(run_id=uuid.uuid4().hex, status="running")
     started = datetime.now(timezone.utc)
-    removed = the_lake.vacuum()
-    if removed:
-        logger.info("removed %d parts left by an interrupted run", removed)
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
 
     try:

@@ -6,19 +6,18 @@ when they differ from its reference member at low rank in every candidate layer 
 whose card says nothing). Each group is checked with ``check_attack_set`` on a pool of Ray
 actors (which members are LoRA merges of one base, which layers were targeted, at what rank),
 then its targeted layers are detuned, same-shape layers of one rank batched into one
-``spectral_detuning_batch`` call. Recovered layers go to one safetensors file per base under
-``<lake>/recovered/``; every group, recovered or not, leaves ``lora_recoveries`` rows, with
+``spectral_detuning_batch`` call. Recovered layers go to one safetensors file per base, written
+through the lake (``blobs``, committed with the recoveries); every group, recovered or not, leaves ``lora_recoveries`` rows, with
 ``confidence = "low: <why>"`` where it could not be attacked.
 
 ``dsire_fit_flow`` / ``dsire_predict_flow``: spectra of every adapter in the lake (``lora_spectra``),
-a DSiRe classifier fitted on labelled adapters and stored as ``<lake>/models/dsire/<id>.npz``, and
+a DSiRe classifier fitted on labelled adapters and stored through the lake (``blobs``, kind ``dsire``), and
 ``dataset_size_estimates`` for every other adapter.
 """
 from __future__ import annotations
 
 import csv
 import io
-import posixpath
 import re
 import uuid
 from collections import Counter, defaultdict
@@ -45,7 +44,7 @@ from hubtree.ops.weights.safetensors_reader import as_float_tensor, entries_for,
 from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.schemas.tables import DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA
+from hubtree.schemas.tables import BLOBS, DATASET_SIZE_ESTIMATES, LORA_RECOVERIES, LORA_SPECTRA
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 STORAGE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -299,19 +298,12 @@ def _row(base_repo: str, layer: str, sources: list[str], run_id: str, confidence
     }
 
 
-def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, torch.Tensor]) -> str:
-    """One safetensors file per base, staged then renamed into place; returns its path under the lake."""
+def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """One safetensors file per base, written through the lake; returns its ``blobs`` row (commit it with the recoveries)."""
     from safetensors.torch import save
 
     data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata={"format": "pt", "base_repo": base_repo, "run_id": run_id})
-    final = f"{lake.root}/recovered/{base_repo.replace('/', '__')}/{run_id}.safetensors"
-    staged = f"{lake.root}/_staging/recovered-{run_id}/{base_repo.replace('/', '__')}.safetensors"
-    lake.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    with lake.fs.open(staged, "wb") as handle:
-        handle.write(data)
-    lake.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    lake.fs.mv(staged, final)
-    return final if lake.is_local else f"{lake.url.split('://')[0]}://{final}"
+    return lake.write_blob("recovered", base_repo, run_id, data, ".safetensors")
 
 
 @flow(name="hubtree-lora", log_prints=True)
@@ -333,6 +325,7 @@ def lora_flow(
     plans = plan_groups(the_lake, layers)
     summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "files": []}
     rows: list[dict] = []
+    blobs: list[dict] = []
     if plans:
         ensure_ray(ray_address)
         actors = [LoraWorker.options(**actor_options()).remote(hub) for _ in range(min(worker_count(), len(plans)))]
@@ -366,7 +359,8 @@ def lora_flow(
             dtypes = check.members[0].dtypes
             path = None
             if good:
-                path = _save_weights(the_lake, base_repo, run_id, {n: r.weights.to(STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()})
+                blobs.append(_save_weights(the_lake, base_repo, run_id, {n: r.weights.to(STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()}))
+                path = blobs[-1]["path"]
                 summary["recovered"] += 1
                 summary["files"].append(path)
             for r in sorted(layer_results, key=lambda r: r.layer):
@@ -376,7 +370,8 @@ def lora_flow(
                 summary["layers"] += 1
                 rows.append(_row(base_repo, r.layer, sources, run_id, "ok", rank=r.rank, iterations=r.iterations,
                                  final_loss=r.final_loss, w_error=r.w_error, weights_path=path))
-    the_lake.commit("lora", run_id, {"lora_recoveries": pa.Table.from_pylist(rows, schema=LORA_RECOVERIES)}, day=started.date())
+    tables = {"lora_recoveries": pa.Table.from_pylist(rows, schema=LORA_RECOVERIES), "blobs": pa.Table.from_pylist(blobs, schema=BLOBS)}
+    the_lake.commit("lora", run_id, tables, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
                {"repos_crawled": summary["recovered"], "repos_failed": summary["low"]})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence", run_id,
@@ -386,7 +381,6 @@ def lora_flow(
 
 # ----------------------------------------------------------------------------- DSiRe
 
-MODELS_DIR = "models/dsire"
 
 
 @task(cache_policy=NONE)
@@ -453,30 +447,22 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     arrays = model.to_arrays() | {"train_repos": np.array(train), "train_revisions": np.array([features[r][0] for r in train])}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    final = f"{the_lake.root}/{MODELS_DIR}/{model_id}.npz"
-    staged = f"{the_lake.root}/_staging/dsire-{run_id}.npz"
-    the_lake.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    with the_lake.fs.open(staged, "wb") as handle:
-        handle.write(buf.getvalue())
-    the_lake.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    the_lake.fs.mv(staged, final)
+    blob = the_lake.write_blob("dsire", model_id, run_id, buf.getvalue(), ".npz")
+    the_lake.commit("dsire-fit", run_id, {"blobs": pa.Table.from_pylist([blob], schema=BLOBS)}, day=started.date())
     record_run(the_lake, "dsire-fit", run_id, params, started, "completed", {"repos_crawled": len(train)})
     logger.info("dsire model %s fitted on %d adapters", model_id, len(train))
-    return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": final}
+    return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": blob["path"]}
 
 
 def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, DsireModel, set[str]]:
     """(id, model, its training adapters): ``model_id`` or the latest fit."""
-    folder = f"{lake.root}/{MODELS_DIR}"
-    found = sorted(lake.fs.glob(f"{folder}/*.npz")) if lake.fs.exists(folder) else []
+    found = {r["key"]: r["path"] for r in lake.query("SELECT key, path FROM blobs WHERE kind = 'dsire' ORDER BY key").to_pylist()}
     if not found:
         raise LakeError(f"no DSiRe model in {lake.url}: run `hubtree dsire fit --lake {lake.url} --labels CSV` first")
-    ids = [posixpath.basename(p).removesuffix(".npz") for p in found]
-    model_id = model_id or ids[-1]
-    if model_id not in ids:
-        raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(ids)})")
-    with lake.fs.open(f"{folder}/{model_id}.npz", "rb") as handle:
-        arrays = dict(np.load(io.BytesIO(handle.read()), allow_pickle=False))
+    model_id = model_id or list(found)[-1]
+    if model_id not in found:
+        raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(found)})")
+    arrays = dict(np.load(io.BytesIO(lake.read_blob(found[model_id])), allow_pickle=False))
     train = {str(r) for r in arrays.pop("train_repos")}
     arrays.pop("train_revisions", None)
     return model_id, DsireModel.from_arrays(arrays), train
@@ -490,7 +476,6 @@ def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = No
     the_lake.require()
     run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
     params = {"lake": lake, "model": model, "hub": hub}
-    the_lake.vacuum()
     model_id, fitted, train = load_dsire_model(the_lake, model)
     record_run(the_lake, "dsire", run_id, params, started, "running")
     features = adapter_features(the_lake, hub, run_id)

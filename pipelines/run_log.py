@@ -35,11 +35,11 @@ def record_run(
 
 
 def begin_run(lake_url: str, flow: str, params: dict) -> tuple[Lake, str, datetime]:
-    """What every stage over an existing lake does first: check the lake, drop a killed
-    run's uncommitted parts, and commit this run's ``running`` row. Returns (lake, run_id, started)."""
+    """What every stage over an existing lake does first: check the lake and commit this
+    run's ``running`` row. Returns (lake, run_id, started). A killed run left nothing to
+    clean: its open transaction never committed."""
     lake = Lake(lake_url)
     lake.require()
     run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
-    lake.vacuum()
     record_run(lake, flow, run_id, params, started, "running")
     return lake, run_id, started
