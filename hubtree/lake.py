@@ -35,7 +35,7 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from hubtree.errors import LakeError
-from hubtree.schemas.tables import KEYS, LAKE_COMMITS, SCHEMAS
+from hubtree.schemas.tables import KEY_EXEMPT, KEYS, LAKE_COMMITS, SCHEMAS
 from hubtree.schemas.views import VIEWS
 
 ALIAS = "lake"
@@ -356,9 +356,10 @@ def _insert(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
             con.execute(f"INSERT INTO {name}_all SELECT * FROM _incoming")
             return
         match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM i.{k}" for k in keys)
+        exempt = f"i.{KEY_EXEMPT[name]} OR " if name in KEY_EXEMPT else ""
         con.execute(
             f"""INSERT INTO {name}_all SELECT * FROM _incoming i
-                WHERE NOT EXISTS (SELECT 1 FROM {name}_all t WHERE {match})
+                WHERE {exempt}NOT EXISTS (SELECT 1 FROM {name}_all t WHERE {match})
                 QUALIFY row_number() OVER (PARTITION BY {', '.join(f'i.{k}' for k in keys)}) = 1"""
         )
     finally:

@@ -30,6 +30,8 @@ def migrate(old_url: str, lake: Lake) -> dict[str, int]:
     root = root.rstrip("/")
     if not fs.exists(f"{root}/lake_commits"):
         raise LakeError(f"no old-layout lake at {old_url}: it has no lake_commits folder")
+    if lake.exists() and lake.query("SELECT count(*) AS n FROM lake_commits_all").column(0)[0].as_py():
+        raise LakeError(f"{lake.url} already holds a lake: migrate into a new one (a second migration would repeat the runs' rows)")
     con = duckdb.connect()
     if not fs.protocol or "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         con.register_filesystem(fs)
@@ -69,8 +71,9 @@ def _copy_blobs(fs, root: str, lake: Lake, tables: dict[str, pa.Table]) -> list[
     if recoveries is not None:
         for row in recoveries.select(["base_repo", "run_id", "weights_path"]).to_pylist():
             old = row["weights_path"]
-            if old and old not in moved and fs.exists(fs._strip_protocol(old)):
-                with fs.open(fs._strip_protocol(old), "rb") as handle:
+            source = _old_blob(fs, root, old) if old else None
+            if source and old not in moved:
+                with fs.open(source, "rb") as handle:
                     blob = lake.write_blob("recovered", row["base_repo"], row["run_id"], handle.read(), ".safetensors")
                 rows.append(blob)
                 moved[old] = blob["path"]
@@ -81,3 +84,11 @@ def _copy_blobs(fs, root: str, lake: Lake, tables: dict[str, pa.Table]) -> list[
         with fs.open(path, "rb") as handle:
             rows.append(lake.write_blob("dsire", model_id, model_id.rsplit("-", 1)[-1], handle.read(), ".npz"))
     return rows
+
+
+def _old_blob(fs, root: str, path: str) -> str | None:
+    """Where a recovered base of the old lake is now: its recorded path, or the same file under ``root`` (a moved lake)."""
+    for candidate in (fs._strip_protocol(path), f"{root}/recovered/{path.split('/recovered/', 1)[-1]}"):
+        if fs.exists(candidate):
+            return candidate
+    return None

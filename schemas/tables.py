@@ -253,8 +253,8 @@ LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lo
 REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")
 
 # The key of each keyed table: a commit inserts only rows whose key the lake does not hold yet,
-# so a rerun or a second writer never doubles a row. Unkeyed tables (runs, errors, whole-run
-# rewrites) append; their views pick what a user means.
+# so a rerun or a second writer never doubles a row. Unkeyed tables (runs, whole-run rewrites,
+# blobs) append; their views pick what a user means.
 _REPO = ("repo_id", "revision")
 KEYS: dict[str, tuple[str, ...]] = {
     "repos": _REPO,
@@ -266,4 +266,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     "layer_sketches": (*_REPO, "tensor"),
     "probe_features": (*_REPO, "tensor"),
     "lora_spectra": (*_REPO, "layer"),
+    "crawl_errors": (*_REPO, "path", "stage", "error_class", "message"),
 }
+
+# Rows that append whatever their key: an error with no revision (a listing that failed) is
+# an event of its run, not a fact about a repo revision.
+KEY_EXEMPT = {"crawl_errors": "revision IS NULL"}
