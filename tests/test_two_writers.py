@@ -90,7 +90,7 @@ def postgres(tmp_path):
     if not initdb.exists():
         print("PostgreSQL is not installed (apt-get install postgresql): skipping the PostgreSQL catalog test")
         pytest.skip("PostgreSQL binaries not found: apt-get install postgresql")
-    bin_dir = initdb.parent
+    bin_dir = initdb.resolve().parent
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     home = Path(f"/tmp/hubtree-pg-{os.getpid()}-{tmp_path.name}")
     home.mkdir(mode=0o755)
