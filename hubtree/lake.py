@@ -97,6 +97,10 @@ class Lake:
     def attach_sql(self, as_of: str | int | None = None, alias: str = ALIAS) -> str:
         """The ``ATTACH`` statement any DuckDB runs to open this lake (``as_of``: a snapshot id or a timestamp)."""
         options = [f"DATA_PATH {_literal(self.data_path)}"]
+        if self.catalog.startswith("postgres:"):
+            # PostgreSQL refuses inlined-data tables with a column named like a system column
+            # (layer_stats.xmin): keep every row in Parquet there.
+            options.append("DATA_INLINING_ROW_LIMIT 0")
         if as_of is not None:
             options.append(f"SNAPSHOT_VERSION {int(as_of)}" if str(as_of).isdigit() else f"SNAPSHOT_TIME {_literal(str(as_of))}")
         return f"ATTACH {_literal('ducklake:' + self.catalog)} AS {alias} ({', '.join(options)})"
@@ -145,7 +149,14 @@ class Lake:
                 if not self.is_local:
                     db.execute(_s3_secret())
                 alias = f"lake_{len(_ATTACHED)}"
-                db.execute(self.attach_sql(as_of, alias))
+                for tries in range(MAX_COMMIT_TRIES):
+                    try:
+                        db.execute(self.attach_sql(as_of, alias))
+                        break
+                    except duckdb.Error as err:  # two processes initialising one new server catalog
+                        if "already exists" not in str(err) or tries == MAX_COMMIT_TRIES - 1:
+                            raise
+                        time.sleep(0.2 * (1 + random.random()))
                 _ATTACHED[key] = alias
             if create and alias not in _READY:
                 con = _process_db().cursor()
