@@ -97,6 +97,8 @@ class Lake:
     def attach_sql(self, as_of: str | int | None = None, alias: str = ALIAS) -> str:
         """The ``ATTACH`` statement any DuckDB runs to open this lake (``as_of``: a snapshot id or a timestamp)."""
         options = [f"DATA_PATH {_literal(self.data_path)}"]
+        if self.catalog == f"sqlite:{self.root}/catalog.sqlite":
+            options.append("OVERRIDE_DATA_PATH true")  # a copied or moved lake folder reads its own data/
         if self.catalog.startswith("postgres:"):
             # PostgreSQL refuses inlined-data tables with a column named like a system column
             # (layer_stats.xmin): keep every row in Parquet there.
