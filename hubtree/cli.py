@@ -218,25 +218,25 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--as-of", "as_of", default=None, help="Answer as the lake was then: a snapshot id (see `hubtree snapshots`) or a timestamp.")
 @click.argument("query")
-def sql(lake: str, fmt: str, query: str) -> None:
+def sql(lake: str, fmt: str, as_of: str | None, query: str) -> None:
     """Run a SQL QUERY with DuckDB over the lake's views.
 
     \b
     Each table T has a view T (latest revision per repo, committed rows only)
     and T_all (every committed row). Tables: repos, declared_edges, files,
-    tensors, adapters, crawl_errors, crawl_runs, lake_commits.
+    tensors, adapters, crawl_errors, crawl_runs, lake_commits, blobs.
     Example: hubtree sql --lake L "select count(*) from tensors"
     """
-    import duckdb
-
+    from hubtree.errors import LakeError
     from hubtree.lake import Lake
 
     the_lake = Lake(lake)
     the_lake.require()
     try:
-        result = the_lake.query(query)
-    except duckdb.Error as err:
+        result = the_lake.query(query, as_of=as_of)
+    except LakeError as err:
         raise click.ClickException(f"SQL failed: {err}") from err
     click.echo(format_table(result, fmt))
 
@@ -467,9 +467,12 @@ def _print_summary(summary: dict) -> None:
     )
 
 
+from hubtree.cli_lake import lake, snapshots  # noqa: E402  (their own module: the lake's upkeep verbs)
 from hubtree.cli_lora import dsire, lora  # noqa: E402  (their own module: the LoRA verbs)
 
 main.add_command(lora)
+main.add_command(lake)
+main.add_command(snapshots)
 main.add_command(dsire)
 
 

@@ -25,7 +25,7 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
     rank. Each group is checked: members that are not LoRA merges of one base are left
     out (and named), targeted layers and their LoRA ranks are estimated (never asked).
     Groups of 3+ merges are detuned on a pool of Ray actors; recovered layers go to
-    LAKE/recovered/<base>/<run_id>.safetensors and one lora_recoveries row per layer
+    a safetensors file per base (LAKE/blobs/recovered/, listed in blobs) and one lora_recoveries row per layer
     (w_error where the true base is in the lake). A group that cannot be attacked gets
     rows with confidence 'low: <why>' instead of weights.
     """
@@ -57,7 +57,7 @@ def fit(lake, labels_csv, hub) -> None:
 
     Reads every adapter's A and B by range, writes their spectra to lora_spectra, fits
     the 1-NN voters on the adapters in the CSV (normalisation from those only) and
-    stores the model as LAKE/models/dsire/<model_id>.npz; prints the model id.
+    stores the model through the lake (LAKE/blobs/dsire/, listed in blobs); prints the model id.
     """
     from hubtree.pipelines.lora import dsire_fit_flow
 

@@ -1,15 +1,17 @@
 """The LoRA flows: Spectral DeTuning over attack sets found in the lake, and DSiRe over its adapters.
 
-``lora_flow`` reads the lake's full-weight repos, tensors and declared edges and lets
-``ops.lora.groups`` group them by declared parent; each group is checked on a pool of Ray
-actors (which members are LoRA merges of one base, which layers were targeted, at what
-rank), then its targeted layers are detuned, same-shape layers of one rank batched into one
-``spectral_detuning_batch`` call. Recovered layers go to one safetensors file per base under
-``<lake>/recovered/``; every group, recovered or not, leaves ``lora_recoveries`` rows, with
+``lora_flow`` groups the lake's full-weight repos by the parent they declare (the parent may be
+absent from the hub, like an unpublished base). Repos that declare no parent at all join a group
+when they differ from its reference member at low rank in every candidate layer (a LoRA merge
+whose card says nothing). Each group is checked with ``check_attack_set`` on a pool of Ray
+actors (which members are LoRA merges of one base, which layers were targeted, at what rank),
+then its targeted layers are detuned, same-shape layers of one rank batched into one
+``spectral_detuning_batch`` call. Recovered layers go to one safetensors file per base, written
+through the lake (``blobs``, committed with the recoveries); every group, recovered or not, leaves ``lora_recoveries`` rows, with
 ``confidence = "low: <why>"`` where it could not be attacked.
 
 ``dsire_fit_flow`` / ``dsire_predict_flow``: spectra of every adapter in the lake (``lora_spectra``),
-a DSiRe classifier fitted on labelled adapters and stored as ``<lake>/models/dsire/<id>.npz``, and
+a DSiRe classifier fitted on labelled adapters and stored through the lake (``blobs``, kind ``dsire``), and
 ``dataset_size_estimates`` for every other adapter.
 """
 from __future__ import annotations
@@ -98,12 +100,12 @@ def _row(base_repo: str, layer: str, sources: list[str], confidence: str, **rest
     }
 
 
-def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, torch.Tensor]) -> str:
-    """One safetensors file per base, staged then renamed into place; returns its path under the lake."""
+def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """One safetensors file per base, written through the lake; returns its ``blobs`` row (commit it with the recoveries)."""
     from safetensors.torch import save
 
     data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata={"format": "pt", "base_repo": base_repo, "run_id": run_id})
-    return lake.write_blob(f"recovered/{base_repo.replace('/', '__')}/{run_id}.safetensors", data)
+    return lake.write_blob("recovered", base_repo, run_id, data, ".safetensors")
 
 
 @flow(name="hubtree-lora", log_prints=True)
@@ -127,14 +129,16 @@ def lora_flow(
     plans = plan_groups(the_lake, layers)
     summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "files": []}
     rows: list[dict] = []
+    blobs: list[dict] = []
     if plans:
         with actor_pool(lambda n: LoraWorker.options(**actor_options()).remote(hub), len(plans), ray_address) as pool:
             checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
             rows, units = _checked(checks, iterations, logger)
             summary["low"] = sum(c.problem is not None for c in checks)
             results = _detune(pool, units, progress)
-        rows += _recovered_rows(the_lake, run_id, checks, results, summary)
-    the_lake.commit("lora", run_id, {"lora_recoveries": rows}, day=started.date())
+        recovered, blobs = _recovered_rows(the_lake, run_id, checks, results, summary)
+        rows += recovered
+    the_lake.commit("lora", run_id, {"lora_recoveries": rows, "blobs": blobs}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
                {"repos_crawled": summary["recovered"], "repos_failed": summary["low"]})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence", run_id,
@@ -169,9 +173,11 @@ def _detune(pool: WorkerPool, units: list[DetuneUnit], progress: bool) -> dict[s
     return results
 
 
-def _recovered_rows(lake: Lake, run_id: str, checks: list[GroupCheck], results: dict[str, list[LayerResult]], summary: dict) -> list[dict]:
-    """Phase 3: each base's recovered layers saved in its storage dtype, and one row per layer."""
-    rows = []
+def _recovered_rows(
+    lake: Lake, run_id: str, checks: list[GroupCheck], results: dict[str, list[LayerResult]], summary: dict
+) -> tuple[list[dict], list[dict]]:
+    """Phase 3: each base's recovered layers saved in its storage dtype; one row per layer, and the ``blobs`` rows."""
+    rows, blobs = [], []
     by_base = {c.plan.base_repo: c for c in checks}
     for base_repo, layer_results in sorted(results.items()):
         check = by_base[base_repo]
@@ -180,7 +186,8 @@ def _recovered_rows(lake: Lake, run_id: str, checks: list[GroupCheck], results: 
         dtypes = check.members[0].dtypes
         path = None
         if good:
-            path = _save_weights(lake, base_repo, run_id, {n: r.weights.to(FLOAT_STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()})
+            blobs.append(_save_weights(lake, base_repo, run_id, {n: r.weights.to(FLOAT_STORAGE.get(dtypes[n], torch.float32)) for n, r in good.items()}))
+            path = blobs[-1]["path"]
             summary["recovered"] += 1
             summary["files"].append(path)
         for r in sorted(layer_results, key=lambda r: r.layer):
@@ -190,12 +197,11 @@ def _recovered_rows(lake: Lake, run_id: str, checks: list[GroupCheck], results: 
             summary["layers"] += 1
             rows.append(_row(base_repo, r.layer, sources, "ok", rank=r.rank, iterations=r.iterations,
                              final_loss=r.final_loss, w_error=r.w_error, weights_path=path))
-    return rows
+    return rows, blobs
 
 
 # ----------------------------------------------------------------------------- DSiRe
 
-MODELS_DIR = "models/dsire"
 
 
 @task(cache_policy=NONE)
@@ -262,21 +268,22 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     arrays = model.to_arrays() | {"train_repos": np.array(train), "train_revisions": np.array([features[r][0] for r in train])}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    final = the_lake.write_blob(f"{MODELS_DIR}/{model_id}.npz", buf.getvalue())
+    blob = the_lake.write_blob("dsire", model_id, run_id, buf.getvalue(), ".npz")
+    the_lake.commit("dsire-fit", run_id, {"blobs": [blob]}, day=started.date())
     record_run(the_lake, "dsire-fit", run_id, params, started, "completed", {"repos_crawled": len(train)})
     logger.info("dsire model %s fitted on %d adapters", model_id, len(train))
-    return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": final}
+    return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": blob["path"]}
 
 
 def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, DsireModel, set[str]]:
     """(id, model, its training adapters): ``model_id`` or the latest fit."""
-    ids = [name.removesuffix(".npz") for name in lake.blobs(MODELS_DIR, ".npz")]
-    if not ids:
+    found = {r["key"]: r["path"] for r in lake.query("SELECT key, path FROM blobs WHERE kind = 'dsire' ORDER BY key").to_pylist()}
+    if not found:
         raise LakeError(f"no DSiRe model in {lake.url}: run `hubtree dsire fit --lake {lake.url} --labels CSV` first")
-    model_id = model_id or ids[-1]
-    if model_id not in ids:
-        raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(ids)})")
-    arrays = dict(np.load(io.BytesIO(lake.read_blob(f"{MODELS_DIR}/{model_id}.npz")), allow_pickle=False))
+    model_id = model_id or list(found)[-1]
+    if model_id not in found:
+        raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(found)})")
+    arrays = dict(np.load(io.BytesIO(lake.read_blob(found[model_id])), allow_pickle=False))
     train = {str(r) for r in arrays.pop("train_repos")}
     arrays.pop("train_revisions", None)
     return model_id, DsireModel.from_arrays(arrays), train

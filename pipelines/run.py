@@ -1,7 +1,8 @@
 """The whole pipeline as one Prefect flow: each stage a subflow, each rerunnable alone.
 
 Stages read only the lake and the hub, so ``hubtree run`` is the same as running
-``hubtree crawl`` and every later verb in order; the nightly deployment runs this.
+``hubtree crawl`` and every later verb in order, then ``hubtree lake compact``; the nightly
+deployment runs this.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from datetime import datetime, timezone
 from prefect import flow
 
 from hubtree.lake import Lake
+from hubtree.pipelines.compact import compact_flow
 from hubtree.pipelines.crawl import crawl_flow
 from hubtree.pipelines.run_log import record_run
 from hubtree.pipelines.lora import lora_flow
 from hubtree.pipelines.stats import stats_flow
 from hubtree.pipelines.trees import trees_flow
 
-STAGES = ("crawl", "stats", "trees", "lora")
+STAGES = ("crawl", "stats", "trees", "lora", "compact")
 
 
 @flow(name="hubtree-run", log_prints=True)
@@ -50,6 +52,8 @@ def run_flow(
         results["trees"] = trees_flow(lake=lake)
     if "lora" in (stages or STAGES):
         results["lora"] = lora_flow(lake=lake, ray_address=ray_address, progress=False)
+    if "compact" in (stages or STAGES):
+        results["compact"] = compact_flow(lake=lake)
     status = "completed" if all(r.get("status") == "completed" for r in results.values()) else "failed"
     record_run(the_lake, "run", run_id, params, started, status)
     return {"run_id": run_id, "status": status, "stages": results}

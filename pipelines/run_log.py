@@ -9,8 +9,6 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from prefect import get_run_logger
-
 from hubtree.lake import Lake
 from hubtree.schemas.tables import BOOKKEEPING, CRAWL_RUNS
 
@@ -36,14 +34,12 @@ def begin_run(
     lake: Lake | str, flow: str, params: dict, require: bool = True, counts: dict | None = None
 ) -> tuple[Lake, str, datetime]:
     """What every stage does first: check the lake (unless ``require`` is False: a first crawl
-    makes it), drop a killed run's uncommitted parts, and commit this run's ``running`` row
-    (with ``counts``, if given). Returns (lake, run_id, started)."""
+    makes it) and commit this run's ``running`` row (with ``counts``, if given). Returns
+    (lake, run_id, started). A killed run left nothing to clean: its open transaction never
+    committed."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     if require:
         lake.require()
     run_id, started = uuid.uuid4().hex, datetime.now(timezone.utc)
-    removed = lake.vacuum()
-    if removed:
-        get_run_logger().info("removed %d parts left by an interrupted run", removed)
     record_run(lake, flow, run_id, params, started, "running", counts)
     return lake, run_id, started

@@ -1,8 +1,8 @@
 """One Arrow schema per lake table: a table's columns change here and nowhere else.
 
 Every row carries ``run_id`` (the flow run that made it) and ``batch_id`` (the lake
-commit it belongs to); repo-keyed tables carry ``repo_id`` and ``revision``. The
-``crawl_date`` partition column lives in the folder names, not in the files.
+commit it belongs to), both filled by the lake writer; repo-keyed tables carry
+``repo_id`` and ``revision``. The writer adds ``crawl_date`` (the day of the run).
 """
 from __future__ import annotations
 
@@ -217,6 +217,17 @@ DATASET_SIZE_ESTIMATES = _table(
     pa.field("model_id", pa.string()),  # the fit that made the estimate
 )
 
+# Files too big for a row (recovered bases, fitted DSiRe models): the row makes the file part of the lake.
+BLOBS = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # recovered | dsire
+        pa.field("key", pa.string(), nullable=False),  # the repo id or model id the file is for
+        pa.field("path", pa.string(), nullable=False),  # URL of the file under LAKE/blobs/
+        pa.field("size", pa.int64()),
+        *_BOOKKEEPING,
+    ]
+)
+
 LAKE_COMMITS = pa.schema(
     [
         pa.field("batch_id", pa.string(), nullable=False),
@@ -242,6 +253,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "lora_recoveries": LORA_RECOVERIES,
     "lora_spectra": LORA_SPECTRA,
     "dataset_size_estimates": DATASET_SIZE_ESTIMATES,
+    "blobs": BLOBS,
     "crawl_errors": CRAWL_ERRORS,
     "crawl_runs": CRAWL_RUNS,
     "lake_commits": LAKE_COMMITS,
@@ -273,3 +285,25 @@ def arrow_rows(table: str, rows: Sequence[Mapping[str, Any]], run_id: str, batch
         if missing:
             raise ValueError(f"{table} needs a value for {', '.join(missing)}")
     return pa.Table.from_pylist([{**row, "run_id": run_id, "batch_id": batch_id} for row in rows], schema=schema)
+
+
+# The key of each keyed table: a commit inserts only rows whose key the lake does not hold yet,
+# so a rerun or a second writer never doubles a row. Unkeyed tables (runs, whole-run rewrites,
+# blobs) append; their views pick what a user means.
+_REPO = ("repo_id", "revision")
+KEYS: dict[str, tuple[str, ...]] = {
+    "repos": _REPO,
+    "declared_edges": (*_REPO, "parent_repo_id", "source"),
+    "files": (*_REPO, "path"),
+    "tensors": (*_REPO, "file", "name"),
+    "adapters": _REPO,
+    "layer_stats": (*_REPO, "tensor"),
+    "layer_sketches": (*_REPO, "tensor"),
+    "probe_features": (*_REPO, "tensor"),
+    "lora_spectra": (*_REPO, "layer"),
+    "crawl_errors": (*_REPO, "path", "stage", "error_class", "message"),
+}
+
+# Rows that append whatever their key: an error with no revision (a listing that failed) is
+# an event of its run, not a fact about a repo revision.
+KEY_EXEMPT = {"crawl_errors": "revision IS NULL"}

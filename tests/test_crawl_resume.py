@@ -77,12 +77,11 @@ def test_killed_crawl_resumes_without_loss_or_duplicates(hub, reference, tmp_pat
     command = [sys.executable, "-m", "hubtree.cli", "crawl", "--hub", str(hub), "--lake", str(lake),
                "--batch-size", "1", "--ray-address", ray.get_runtime_context().gcs_address]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    commits = lake / "lake_commits"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if commits.exists() and sum(1 for _ in commits.rglob("part-*.parquet")) >= 6:
+        if (lake / "catalog.sqlite").exists() and _crawl_commits(lake) >= 5:
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     assert proc.poll() is None, "the crawl finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -93,3 +92,14 @@ def test_killed_crawl_resumes_without_loss_or_duplicates(hub, reference, tmp_pat
     assert snapshot(lake) == reference
     runs = Lake(str(lake)).query("SELECT status FROM crawl_runs ORDER BY started_at").column(0).to_pylist()
     assert runs == ["running", "completed"]  # the killed run never finished, and says so
+
+
+def _crawl_commits(lake) -> int:
+    """Crawl batches committed so far, read from the catalog the way any SQLite client would."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{lake / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            return db.execute("SELECT count(*) FROM ducklake_snapshot_changes WHERE commit_message = 'crawl'").fetchone()[0]
+        except sqlite3.OperationalError:  # the catalog's tables are not there yet
+            return 0

@@ -1,12 +1,12 @@
-"""The lake writer: atomic commits, invisible leftovers, schema checks, latest-revision views."""
+"""The lake writer: one transaction per commit, keys never doubled, schema checks, latest-revision views, snapshots, compaction, blobs."""
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from hubtree.errors import LakeError
 from hubtree.lake import Lake
-from hubtree.schemas.tables import REPOS
 
 
 def repo_rows(repo_id: str, revision: str, when: datetime) -> list[dict]:
@@ -19,6 +19,7 @@ def edge_rows(repo_id: str, revision: str, parent: str) -> list[dict]:
 
 def test_empty_lake_has_every_view_and_no_rows(tmp_path):
     lake = Lake(str(tmp_path))
+    lake.create()
     for table in ("repos", "tensors", "crawl_errors", "crawl_runs", "declared_edges_all"):
         assert lake.query(f"SELECT count(*) AS n FROM {table}").to_pylist() == [{"n": 0}]
 
@@ -33,32 +34,14 @@ def test_views_keep_the_latest_revision_per_repo(tmp_path):
     assert lake.query("SELECT count(*) AS n FROM repos_all").to_pylist() == [{"n": 2}]
 
 
-def test_parts_without_a_commit_are_invisible_and_vacuumed(tmp_path):
-    lake = Lake(str(tmp_path))
-    lake.commit("crawl", "r1", {"repos": repo_rows("a/m", "sha1", datetime.now(timezone.utc))})
-    # A run killed between renaming its parts and writing its commit row leaves this:
-    orphan = tmp_path / "repos" / "crawl_date=2025-01-01" / "part-deadbeef.parquet"
-    orphan.parent.mkdir(parents=True)
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pylist(
-        [{**row, "run_id": "r", "batch_id": "deadbeef"} for row in repo_rows("a/ghost", "sha9", datetime.now(timezone.utc))], schema=REPOS
-    )
-    pq.write_table(table, orphan)
-    assert [r["repo_id"] for r in lake.query("SELECT repo_id FROM repos_all").to_pylist()] == ["a/m"]
-    assert lake.vacuum() == 1
-    assert not orphan.exists()
-
-
 def test_rows_that_do_not_match_the_schema_are_refused(tmp_path):
     with pytest.raises(LakeError, match="schema"):
         Lake(str(tmp_path)).commit("crawl", "r", {"repos": [{"repo_id": "x"}]})
 
 
-def test_partitions_are_by_crawl_date(tmp_path):
+def test_crawl_date_is_the_day_of_the_run(tmp_path):
     lake = Lake(str(tmp_path))
     lake.commit("crawl", "r", {"repos": repo_rows("a/m", "s", datetime.now(timezone.utc))}, day=datetime(2025, 3, 4).date())
-    assert (tmp_path / "repos" / "crawl_date=2025-03-04").is_dir()
     assert str(lake.query("SELECT crawl_date FROM repos").column(0)[0]) == "2025-03-04"
 
 
@@ -80,9 +63,82 @@ def test_rows_outside_their_schema_are_refused_before_anything_is_written(tmp_pa
     assert not lake.exists()
 
 
-def test_blobs_are_staged_then_put_in_place(tmp_path):
+def test_a_key_the_lake_holds_is_never_written_twice(tmp_path):
     lake = Lake(str(tmp_path))
-    path = lake.write_blob("models/x/one.npz", b"abc")
-    assert path == f"{tmp_path}/models/x/one.npz" and lake.read_blob("models/x/one.npz") == b"abc"
-    assert lake.blobs("models/x", ".npz") == ["one.npz"] and lake.blobs("models/none") == []
-    assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").iterdir())
+    when = datetime.now(timezone.utc)
+    lake.commit("crawl", "r1", {"repos": repo_rows("a/m", "s", when), "declared_edges": edge_rows("a/m", "s", "a/p")})
+    doubled = repo_rows("a/m", "s", when) + repo_rows("b/m", "s", when) + repo_rows("b/m", "s", when)
+    lake.commit("crawl", "r2", {"repos": doubled, "declared_edges": edge_rows("a/m", "s", "a/p")})
+    assert lake.query("SELECT repo_id, run_id FROM repos_all ORDER BY 1").to_pylist() == [
+        {"repo_id": "a/m", "run_id": "r1"}, {"repo_id": "b/m", "run_id": "r2"}]
+    assert lake.query("SELECT count(*) AS n FROM declared_edges_all").to_pylist() == [{"n": 1}]
+
+
+def test_as_of_an_earlier_snapshot_gives_the_earlier_answer(tmp_path):
+    lake = Lake(str(tmp_path))
+    lake.commit("crawl", "r1", {"repos": repo_rows("a/m", "s1", datetime(2025, 1, 1, tzinfo=timezone.utc))})
+    first = lake.snapshots().column("snapshot_id").to_pylist()[-1]
+    lake.commit("crawl", "r2", {"repos": repo_rows("a/m", "s2", datetime(2025, 2, 1, tzinfo=timezone.utc))})
+    assert lake.query("SELECT revision FROM repos").to_pylist() == [{"revision": "s2"}]
+    assert lake.query("SELECT revision FROM repos", as_of=first).to_pylist() == [{"revision": "s1"}]
+    stages = [(r["stage"], r["run_id"]) for r in lake.snapshots().to_pylist()]
+    assert stages[-2:] == [("crawl", "r1"), ("crawl", "r2")]
+
+
+def test_compaction_keeps_every_answer_and_leaves_fewer_files(tmp_path):
+    lake = Lake(str(tmp_path))
+    for i in range(6):  # over the inlining limit, so each commit writes its own small file
+        rows = [r for j in range(12) for r in repo_rows(f"o/m{i}-{j}", "s", datetime(2025, 1, 1 + i, tzinfo=timezone.utc))]
+        lake.commit("crawl", f"r{i}", {"repos": rows})
+    answer = lambda: lake.query("SELECT repo_id, revision, run_id, crawled_at FROM repos ORDER BY repo_id").to_pylist()
+    before, files_before = answer(), _parquet_files(tmp_path)
+    counts = lake.compact(retention_s=0)
+    assert answer() == before and len(before) == 72
+    assert counts["files_after"] < counts["files_before"]
+    assert len(_parquet_files(tmp_path)) < len(files_before)
+
+
+def test_blob_paths_of_two_ids_never_collide(tmp_path):
+    lake = Lake(str(tmp_path))
+    one, two = lake.write_blob("recovered", "a/b__c", "r", b"one", ".bin"), lake.write_blob("recovered", "a__b/c", "r", b"two", ".bin")
+    assert one["path"] != two["path"]
+    assert (lake.read_blob(one["path"]), lake.read_blob(two["path"])) == (b"one", b"two")
+
+
+def test_an_unreferenced_blob_is_removed_by_compaction_and_a_committed_one_kept(tmp_path):
+    lake = Lake(str(tmp_path))
+    kept, orphan = lake.write_blob("dsire", "m1", "r", b"x", ".npz"), lake.write_blob("dsire", "m2", "r", b"y", ".npz")
+    lake.commit("dsire-fit", "r", {"blobs": [kept]})
+    assert lake.compact(retention_s=0)["blobs_removed"] == 1
+    assert lake.read_blob(kept["path"]) == b"x"
+    assert lake.query("SELECT key FROM blobs").to_pylist() == [{"key": "m1"}]
+    with pytest.raises(FileNotFoundError):
+        lake.read_blob(orphan["path"])
+
+
+def test_export_writes_plain_parquet_of_a_view(tmp_path):
+    import pyarrow.parquet as pq
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.commit("crawl", "r", {"repos": repo_rows("a/m", "s", datetime.now(timezone.utc))})
+    path = lake.export("repos", str(tmp_path / "out"))
+    assert pq.read_table(path).column("repo_id").to_pylist() == ["a/m"]
+
+
+def test_the_duckdb_cli_attaches_the_lake_with_the_readme_statement(tmp_path):
+    import shutil
+    import subprocess
+
+    cli = shutil.which("duckdb") or str(Path(sys.executable).parent / "duckdb")
+    if not Path(cli).exists():
+        pytest.skip("the DuckDB CLI is not installed: pip install duckdb-cli (in the test extra)")
+    lake = Lake(str(tmp_path))
+    lake.commit("crawl", "r", {"repos": repo_rows("a/m", "s", datetime.now(timezone.utc))})
+    script = ";\n".join([*lake.load_sql(), lake.attach_sql(), "USE lake", "SELECT repo_id FROM repos"]) + ";"
+    out = subprocess.run([cli, "-csv", "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["repo_id", "a/m"]
+
+
+def _parquet_files(root) -> list:
+    return sorted((root / "data").rglob("*.parquet"))

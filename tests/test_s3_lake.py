@@ -12,7 +12,7 @@ pytest.importorskip("s3fs", reason="s3fs is in the s3 and test extras")
 
 
 @pytest.fixture
-def s3(monkeypatch):
+def s3(monkeypatch, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -21,6 +21,7 @@ def s3(monkeypatch):
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HUBTREE_CATALOG", f"sqlite:{tmp_path}/catalog.sqlite")  # a SQLite file cannot live on S3
     import boto3
     import fsspec
 
@@ -42,4 +43,12 @@ def test_crawl_into_s3_lake_and_query_it(tmp_path, s3, flows):
     assert lake.query("SELECT count(*) AS n FROM tensors_all").to_pylist() == [{"n": 12}]
     edges = lake.query("SELECT repo_id, parent_repo_id FROM declared_edges WHERE source = 'card' ORDER BY 1").to_pylist()
     assert edges == [{"repo_id": f"org/m{i}", "parent_repo_id": f"org/m{i - 1}"} for i in (1, 2, 3)]
-    assert lake.fs.glob("hubtree/lake/repos/crawl_date=*/part-*.parquet")
+    assert lake.fs.glob("hubtree/lake/data/**/*.parquet")  # the data are Parquet on S3
+
+
+def test_an_s3_lake_without_a_catalog_says_what_to_do(s3, monkeypatch):
+    from hubtree.errors import LakeError
+
+    monkeypatch.delenv("HUBTREE_CATALOG")
+    with pytest.raises(LakeError, match="HUBTREE_CATALOG"):
+        Lake(s3)
