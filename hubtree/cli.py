@@ -415,7 +415,12 @@ def hub() -> None:
 @click.option("--big-family", default=0, show_default=True,
               help="Also serve N Llama-2-7B-shaped repos (one base and its fine-tunes, bf16, ~13.5 GB each) computed on demand, never stored.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --big-family repos: same seed, same bytes.")
-def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds, big_family, seed) -> None:
+@click.option("--fault-outage-after", default=0, help="From the Nth request on, answer 503 to everything for --outage-seconds (0: never).")
+@click.option("--outage-seconds", default=60.0, show_default=True)
+@click.option("--token", envvar="HUBTREE_SERVE_TOKEN", default=None,
+              help="The token that opens gated repos (clients send it as HF_TOKEN); without it nobody reads them. Env: HUBTREE_SERVE_TOKEN.")
+def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every, stall_seconds,
+          fault_outage_after, outage_seconds, token, big_family, seed) -> None:
     """Serve ROOT (a folder in Hub layout) as a Hub-compatible HTTP API.
 
     \b
@@ -423,7 +428,9 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
     filter, sort, limit, expand, Link pagination), /api/models/ID[/revision/REV],
     /api/models/ID/tree/REV, and HEAD/GET /ID/resolve/REV/PATH with byte ranges.
     Use it as an air-gapped mirror:  hubtree crawl --hub http://127.0.0.1:8765 --lake L
-    A repo folder holding a .gated file answers file reads with 401 unless a token is sent.
+    A repo folder holding a .gated file answers file reads with 401 unless --token is sent.
+    Only the folder's own regular files are served: links out of it, to directories or
+    devices, and dot-directories answer 404.
     --big-family N serves a family of 7B-shaped repos whose bytes are computed per range
     from --seed (its true tree: hubtree.ops.zoo.big_family.BigFamily(N, seed).truth()).
     """
@@ -436,10 +443,11 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
         raise click.UsageError("give a hub folder ROOT, --records FILE, --big-family N, or several")
     faults = FaultSpec(
         rate_limit_every=fault_429_every, server_error_every=fault_500_every, stall_every=fault_stall_every,
-        truncate_every=fault_truncate_every, stall_s=stall_seconds,
+        truncate_every=fault_truncate_every, stall_s=stall_seconds, outage_after=fault_outage_after, outage_s=outage_seconds,
     )
-    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None, page_size=page_size,
-              computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None)
+    no_faults = FaultSpec(stall_s=stall_seconds, outage_s=outage_seconds)
+    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != no_faults else None, page_size=page_size,
+              computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None, token=token)
 
 
 def _print_summary(summary: dict) -> None:

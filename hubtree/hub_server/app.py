@@ -1,8 +1,8 @@
 """The ASGI app: the Hub's routes over a ``ServedHub``, Hub error codes, and the fault middleware in front."""
 from __future__ import annotations
 
+import hmac
 import re
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +43,20 @@ def make_app(
     faults: FaultSpec | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The ASGI app serving ``root`` (a LocalHub folder, or None), ``records`` and ``computed`` repos
     (big-model mode: ``hub_server.big``); see the package docstring.
+
+    ``token`` opens gated repos' files to requests sending ``Authorization: Bearer <token>``;
+    without one, gated files are served to nobody.
 
     ``app.state.faults`` is the FaultInjector (present without faults too, to log requests).
     """
     served = ServedHub(Path(root) if root is not None else None, [Path(p) for p in records], computed)
     injector = FaultInjector(faults or FaultSpec())
     app = Starlette(
-        routes=routes(Endpoints(served, page_size)),
+        routes=routes(Endpoints(served, page_size, token)),
         middleware=[Middleware(FaultMiddleware, injector=injector)],
         exception_handlers={cls: hub_error for cls in _ERRORS},
     )
@@ -83,6 +87,7 @@ class Endpoints:
 
     served: ServedHub
     page_size: int
+    token: str | None = None  # the one token that opens gated repos
 
     def list_models(self, request: Request) -> Response:
         params = request.query_params
@@ -105,7 +110,7 @@ class Endpoints:
         path = request.path_params["path"]
         if path not in repo.files or (repo.files[path].local is None and repo.files[path].content is None and repo.files[path].generate is None):
             raise EntryNotFoundError(f"Entry not found: {path}")
-        if repo.gated and not request.headers.get("authorization", "").startswith("Bearer "):
+        if repo.gated and not self._authorized(request):
             raise GatedRepoError(
                 f"Access to model {repo.record.repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in."
             )
@@ -118,6 +123,11 @@ class Endpoints:
             return computed_range(request, file, headers)
         # Synthesized text is small: served whole, and said so (servers may ignore Range).
         return Response(file.content, headers={**headers, "Accept-Ranges": "none"}, media_type="text/plain")
+
+    def _authorized(self, request: Request) -> bool:
+        """The request sends the token ``hub serve`` was given (compared in constant time)."""
+        sent = request.headers.get("authorization", "").encode("latin-1", "replace")
+        return self.token is not None and hmac.compare_digest(sent, f"Bearer {self.token}".encode())
 
     def repo_at(self, request: Request) -> ServedRepo:
         """The repo a path names, at ``main`` or its own revision."""

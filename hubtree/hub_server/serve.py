@@ -33,9 +33,10 @@ def serve(
     faults: FaultSpec | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> None:
     """Serve until interrupted (``hubtree hub serve``); ``port=0`` picks a free port, which uvicorn logs."""
-    uvicorn.run(make_app(root, records, faults, page_size, computed), host=host, port=port, log_level="info")
+    uvicorn.run(make_app(root, records, faults, page_size, computed, token=token), host=host, port=port, log_level="info")
 
 
 @contextmanager
@@ -47,6 +48,7 @@ def running(
     host: str = "127.0.0.1",
     port: int = 0,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> Iterator[RunningServer]:
     """Run the server in a daemon thread on a free port for the ``with`` block, then stop it.
 
@@ -55,7 +57,7 @@ def running(
         with running(hub_dir, page_size=3) as server:
             hub = HttpHub(server.url)
     """
-    app = make_app(root, records, faults, page_size, computed)
+    app = make_app(root, records, faults, page_size, computed, token=token)
     # A short graceful shutdown: a stalled request must not hold the test run.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)

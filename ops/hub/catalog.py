@@ -26,6 +26,7 @@ from hubtree.ops.hub.source import HubSource, RepoFile, RepoRecord, RepoRef, con
 from hubtree.ops.weights.safetensors_reader import TensorEntry, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+MAX_MESSAGE_CHARS = 2000  # an error row quotes the hub's data; a hostile hub cannot make it huge
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,19 @@ class CrawlError:
     def of(cls, err: Exception, ref: RepoRef | None, stage: str, path: str | None = None, revision_known: bool = True) -> "CrawlError":
         message = str(err) if isinstance(err, HubtreeError) else f"{type(err).__name__}: {err}"
         return cls(
-            ref.repo_id if ref else None,
-            ref.revision if ref and revision_known else None,
-            path,
+            _utf8(ref.repo_id) if ref else None,
+            _utf8(ref.revision) if ref and revision_known else None,
+            _utf8(path),
             stage,
             type(err).__name__,
-            message or type(err).__name__,
+            _utf8(message[:MAX_MESSAGE_CHARS] or type(err).__name__),
             datetime.now(timezone.utc),
         )
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text from a hub as Parquet can store it: a lone surrogate becomes its escape."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,19 @@ def file_kind(path: str) -> str:
 
 
 def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
-    """Catalog ``ref`` from ``source``; never raises for bad input, only records it."""
+    """Catalog ``ref`` from ``source``; never raises for bad input, only records it.
+
+    Failures hubtree foresees cost the smallest scope (a card, a file); anything else
+    (a bug, an input nobody foresaw) costs this repo as a whole: no record, one error
+    row, and the next crawl tries it again.
+    """
+    try:
+        return _catalog(source, ref)
+    except Exception as err:  # noqa: BLE001  the driver must never die on one repo's data
+        return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
+
+
+def _catalog(source: HubSource, ref: RepoRef) -> RepoCatalog:
     out = RepoCatalog(ref)
     try:
         out.record = source.repo_record(ref)
