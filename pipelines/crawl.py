@@ -22,7 +22,7 @@ from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
 from hubtree.pipelines.catalog_rows import catalog_rows
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
 
 
 @dataclass
@@ -49,10 +49,7 @@ class CatalogWorker:
         self.source = open_hub(hub, budget_share)
 
     def catalog(self, ref: RepoRef) -> RepoCatalog:
-        try:
-            return catalog_repo(self.source, ref)
-        except Exception as err:  # a bug or an unforeseen input must cost one repo, not the crawl
-            return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
+        return catalog_repo(self.source, ref)  # never raises: one repo's data costs that repo only
 
     def requests(self) -> int:
         return getattr(self.source, "requests", 0)
@@ -77,7 +74,7 @@ def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str
     return catalogs
 
 
-@flow(name="hubtree-crawl", log_prints=True)
+@flow(name="hubtree-crawl", log_prints=True, on_failure=FAILURE_HOOKS)
 def crawl_flow(
     hub: str,
     lake: str,
@@ -124,7 +121,7 @@ def crawl_flow(
                         bar.update(1)
                         bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
             summary.requests = sum(ray.get([a.requests.remote() for a in pool.actors]))
-    summary.status = "completed"
+    summary.status = run_status(summary.repos_failed, summary.repos_crawled + summary.repos_failed)
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(
         "crawl %s: %d crawled, %d failed, %d skipped; fetched %.2f MB of %.2f MB of weights files",

@@ -11,6 +11,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Test hubs live on 127.0.0.1: a stalled request is one that takes over 3 s. Set before
 # Ray starts, so its workers see it too.
 os.environ.setdefault("HUBTREE_HTTP_TIMEOUT_S", "3")
+# Retries back off from 50 ms (not 1 s): a hub that is down fails a request in seconds.
+os.environ.setdefault("HUBTREE_HTTP_BACKOFF_S", "0.05")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import pytest

@@ -14,7 +14,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from hubtree.errors import ConfigParseError, EntryNotFoundError, HubtreeError, UnsupportedFormatError
+from hubtree.errors import (
+    ConfigParseError,
+    EntryNotFoundError,
+    TRANSIENT,
+    HubtreeError,
+    UnsupportedFormatError,
+)
 from hubtree.ops.hub.declared import (
     DeclaredEdge,
     edges_from_adapter_config,
@@ -26,6 +32,7 @@ from hubtree.ops.hub.source import HubSource, RepoFile, RepoRecord, RepoRef, con
 from hubtree.ops.weights.safetensors_reader import TensorEntry, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TRANSIENT_ERRORS = frozenset(cls.__name__ for cls in TRANSIENT)
 MAX_MESSAGE_CHARS = 2000  # an error row quotes the hub's data; a hostile hub cannot make it huge
 
 
@@ -44,6 +51,8 @@ class CrawlError:
     @classmethod
     def of(cls, err: Exception, ref: RepoRef | None, stage: str, path: str | None = None, revision_known: bool = True) -> "CrawlError":
         message = str(err) if isinstance(err, HubtreeError) else f"{type(err).__name__}: {err}"
+        if isinstance(err, TRANSIENT) and ref is not None:
+            message = f"{message[:MAX_MESSAGE_CHARS]} [transient: {ref.repo_id} is not recorded as crawled; the next run crawls it again]"
         return cls(
             _utf8(ref.repo_id) if ref else None,
             _utf8(ref.revision) if ref and revision_known else None,
@@ -87,6 +96,11 @@ class RepoCatalog:
     bytes_fetched: int = 0
 
     @property
+    def retry(self) -> bool:
+        """Something failed for a passing reason (the hub down, rate limits): crawl this repo again next run."""
+        return any(e.error_class in TRANSIENT_ERRORS for e in self.errors)
+
+    @property
     def ok(self) -> bool:
         """Catalogued (possibly with file-level errors) rather than failed as a whole."""
         return self.record is not None
@@ -120,9 +134,12 @@ def catalog_repo(source: HubSource, ref: RepoRef) -> RepoCatalog:
     row, and the next crawl tries it again.
     """
     try:
-        return _catalog(source, ref)
+        out = _catalog(source, ref)
     except Exception as err:  # noqa: BLE001  the driver must never die on one repo's data
         return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
+    if out.retry:
+        out.record = None  # a repo missing files for a passing reason is not done: the next run crawls it again
+    return out
 
 
 def _catalog(source: HubSource, ref: RepoRef) -> RepoCatalog:

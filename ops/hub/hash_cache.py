@@ -61,16 +61,23 @@ class HashCache:
             self._db = None  # no writable home: this process's memory only
 
     def get(self, key: FileKey) -> str | None:
+        if key in self._memory or self._db is None:
+            return self._memory.get(key)
+        return self.under(key.path).get(key)
+
+    def under(self, prefix: str) -> dict[FileKey, str]:
+        """Every cached hash of a path starting with ``prefix`` (one query for a whole repo folder)."""
+        found = {k: h for k, h in self._memory.items() if k.path.startswith(prefix)}
+        if self._db is None:
+            return found
         with self._lock:
-            if key in self._memory:
-                return self._memory[key]
-            if self._db is None:
-                return None
             try:
-                row = self._db.execute("SELECT size, mtime_ns, inode, sha256 FROM hashes WHERE path = ?", (key.path,)).fetchone()
+                rows = self._db.execute(
+                    "SELECT path, size, mtime_ns, inode, sha256 FROM hashes WHERE path >= ? AND path < ?", (prefix, prefix + "\U0010ffff")
+                ).fetchall()
             except sqlite3.Error:
-                return None
-        return row[3] if row and tuple(row[:3]) == (key.size, key.mtime_ns, key.inode) else None
+                return found
+        return {**{FileKey(*row[:4]): row[4] for row in rows}, **found}
 
     def put_many(self, hashes: dict[FileKey, str]) -> None:
         """Remember ``hashes`` (one transaction: a listing writes once per repo, not per file)."""

@@ -19,6 +19,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from hubtree.errors import HubError, TruncatedFileError
 from hubtree.ops.hub.retry import RESOLVE, RetryPolicy
+from hubtree.ops.hub.token_scope import scoped_token
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
@@ -46,7 +47,8 @@ class HttpFile:
         policy: the retry policy and request budget, shared with the hub that opened the file
             (a file opened on its own gets a policy, and so a budget, of its own).
         size: the file's size when already known (from a listing), saving a HEAD.
-        headers: request headers; by default ``build_hf_headers()`` (HF_TOKEN or the saved login).
+        headers: request headers; by default huggingface_hub's, with the user's token only
+            where ``token_scope.scoped_token`` allows it for this URL.
         traffic: a counter shared with the hub, on top of this file's own ``requests`` and ``bytes_read``.
 
     Example::
@@ -66,7 +68,8 @@ class HttpFile:
         self.url = url
         self.policy = policy or RetryPolicy()
         self._size = size
-        self._headers = {**(headers if headers is not None else build_hf_headers()), "Accept-Encoding": "identity"}
+        own = build_hf_headers(token=scoped_token(url)) if headers is None else headers
+        self._headers = {**own, "Accept-Encoding": "identity"}
         self._own = Traffic()
         self._sinks = (self._own, traffic) if traffic is not None else (self._own,)
 

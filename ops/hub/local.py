@@ -88,11 +88,11 @@ class LocalHub:
         regular) counts as unreadable and is never read.
         """
         repo = self._dir(repo_id)
-        digest, fresh = hashlib.sha1(), {}
+        digest, fresh, cached = hashlib.sha1(), {}, self._hashes.under(str(repo) + os.sep)
         for path in self._files(repo_id):
             size = _size(path)
             try:
-                sha = self._sha256(*self._own_file(path), fresh)
+                sha = self._sha256(*self._own_file(path), fresh, cached)
             except FileUnreadableError:
                 sha = _unreadable(size)
             digest.update(f"{path.relative_to(repo).as_posix()}\0{size}\0".encode())
@@ -107,10 +107,10 @@ class LocalHub:
         self._hashes.put_many(fresh)
         return sha
 
-    def _sha256(self, real: Path, st: os.stat_result, fresh: dict[FileKey, str]) -> str:
+    def _sha256(self, real: Path, st: os.stat_result, fresh: dict[FileKey, str], cached: dict[FileKey, str] | None = None) -> str:
         """From the on-disk cache when (path, size, mtime, inode) is unchanged, else read (and added to ``fresh``)."""
         key = FileKey.of(real, st)
-        sha = self._hashes.get(key)
+        sha = (cached or {}).get(key) or self._hashes.get(key)
         if sha is None:
             sha = fresh[key] = _sha256(real, st.st_size)
         return sha
