@@ -1,10 +1,11 @@
 """CI: the HTTP client stack at the lowest versions pyproject.toml allows, against the HTTP tests.
 
-hubtree imports huggingface_hub and httpx2 directly, and their APIs move fastest, so
-their floors are what a user's older install would run. They (and the exact pins
-httpx2 carries, such as httpcore2) are installed into a separate folder put first on
-PYTHONPATH, over the test venv, so nothing else is installed twice. Cheap: three
-small wheels and the HTTP tests (about a minute).
+hubtree imports huggingface_hub and httpx2 (the Hub client) and starlette and uvicorn
+(``hub serve``) directly, and their APIs move fastest, so their floors are what a
+user's older install would run. They (and the exact pins they carry, such as httpx2's
+httpcore2) are installed into a separate folder put first on PYTHONPATH, over the test
+venv, so nothing else is installed twice. Cheap: a few small wheels and the HTTP tests
+(about a minute).
 
     .venv/bin/python .ci/floors.py
 """
@@ -19,7 +20,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("huggingface_hub", "httpx2")
+PACKAGES = ("huggingface_hub", "httpx2", "starlette", "uvicorn")
 TESTS = ["tests/test_http_hub.py", "tests/test_retry.py", "tests/test_hub_server.py"]
 
 
