@@ -90,10 +90,11 @@ class LocalHub:
         repo = self._dir(repo_id)
         digest, fresh, cached = hashlib.sha1(), {}, self._hashes.under(str(repo) + os.sep)
         for path in self._files(repo_id):
-            size = _size(path)
             try:
-                sha = self._sha256(*self._own_file(path), fresh, cached)
+                real, st = self._own_file(path, listed=True)
+                size, sha = st.st_size, self._sha256(real, st, fresh, cached)
             except FileUnreadableError:
+                size = _size(path)
                 sha = _unreadable(size)
             digest.update(f"{path.relative_to(repo).as_posix()}\0{size}\0".encode())
             digest.update(sha.encode())
@@ -165,7 +166,19 @@ class LocalHub:
             raise EntryNotFoundError(f"{repo_id} has no file {path}")
         return self._own_file(target)[0]
 
-    def _own_file(self, target: Path) -> tuple[Path, os.stat_result]:
+    def _own_file(self, target: Path, listed: bool = False) -> tuple[Path, os.stat_result]:
+        """``target``'s real path and stat if it is the hub's own regular file, else FileUnreadableError.
+
+        ``listed``: the path comes from ``_files`` (which never descends into a linked
+        folder), so a regular file that is not itself a link needs no resolving.
+        """
+        if listed:
+            try:
+                st = target.lstat()
+            except OSError:
+                st = None  # gone since listed: resolving below says so
+            if st is not None and stat.S_ISREG(st.st_mode):
+                return target, st
         try:
             real = target.resolve(strict=True)
             st = real.stat()
