@@ -77,6 +77,7 @@ def test_crawl_and_stats_from_the_cli_send_the_token_only_where_it_belongs(tiny_
     seen = list(server.faults.authorization)
     assert len(seen) > 20 and set(seen) == {None}
     server.faults.authorization.clear()
+    server.faults.requests.clear()
     hubtree("crawl", "--lake", str(tmp_path / "endpoint"), "--limit", "2", HF_ENDPOINT=server.url)
     # hubtree's own requests (listing, model info, file ranges); huggingface_hub 2.x also asks
     # HF_ENDPOINT for /api/agent-harnesses by itself, without a token.
