@@ -105,7 +105,7 @@ def test_a_flow_that_raises_ends_failed_with_its_error(poisoned_hub, tmp_path, f
     lake_dir = str(tmp_path / "lake")
     crawl_flow(hub=str(poisoned_hub), lake=lake_dir, progress=False)
 
-    def broken(lake):
+    def broken(*args, **kwargs):
         raise RuntimeError("a bug in the trees stage")
 
     monkeypatch.setattr(trees_module, "load_models", broken)
