@@ -18,6 +18,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEFAULT_DEMO_DIR = Path("hubtree-demo")
+# Exit status of the verbs that run a flow: a run that finished with some failed repos
+# or models is neither a success nor a crash (their crawl_errors rows say why; rerun).
+EXIT_COMPLETED, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
+
+
+def exit_for(status: str) -> None:
+    """Exit 0 for ``completed``, 3 for ``partial``, 1 for anything else (``failed``)."""
+    code = {"completed": EXIT_COMPLETED, "partial": EXIT_PARTIAL}.get(status, EXIT_FAILED)
+    if code:
+        sys.exit(code)
 
 
 class HubtreeGroup(click.Group):
@@ -42,6 +52,11 @@ def main() -> None:
       hubtree crawl --hub /tmp/z/hub --lake /tmp/l
       hubtree sql --lake /tmp/l "select author, count(*) from repos group by 1"
     Or all of it at once: hubtree demo
+
+    \b
+    Exit status of crawl, stats, trees, lora and run: 0 completed; 1 failed (the
+    error is printed and kept in crawl_errors); 3 finished, but some repos or models
+    failed (see crawl_errors; a rerun retries them).
     """
 
 
@@ -64,10 +79,25 @@ def zoo(out: Path, seed: int, scale: int) -> None:
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
 
+def _trust_hub(ctx: click.Context, param: click.Parameter, urls: tuple[str, ...]) -> None:
+    """``--token-for-hub URL``: this process and the Ray workers it starts may send HF_TOKEN there."""
+    from hubtree.ops.hub.token_scope import add_token_hub
+
+    for url in urls:
+        add_token_hub(url)
+
+
+token_for_hub = click.option(
+    "--token-for-hub", "token_hubs", multiple=True, expose_value=False, callback=_trust_hub, metavar="URL",
+    help="Also send HF_TOKEN to this hub (repeatable). By default only https://huggingface.co and HF_ENDPOINT get it.",
+)
+
+
 def crawl_options(command):
     """The hub and listing options shared by every verb that crawls."""
     options = [
         click.option("--hub", default=None, help="A local folder in Hub layout, or a Hub-compatible URL (default: https://huggingface.co, or HF_ENDPOINT)."),
+        token_for_hub,
         click.option("--lake", required=True, help="Lake root: a local folder or an fsspec URL such as s3://bucket/prefix."),
         click.option("--author", default=None, help="Only repos of this user or org."),
         click.option("--search", default=None, help="Only repos whose id contains this text."),
@@ -96,8 +126,7 @@ def crawl(hub, lake, author, search, filters, sort, limit, family, batch_size, r
 
     summary = crawl_flow(**_query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address))
     _print_summary(summary)
-    if summary["status"] != "completed":
-        sys.exit(1)
+    exit_for(summary["status"])
 
 
 def _query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address) -> dict:
@@ -125,8 +154,7 @@ def run(**options) -> None:
         if "repos_crawled" in summary:
             _print_summary(summary)
     click.echo(f"run {result['run_id']}: {result['status']}")
-    if result["status"] != "completed":
-        sys.exit(1)
+    exit_for(result["status"])
 
 
 @main.command()
@@ -192,6 +220,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 @click.option("--full", is_flag=True, help="Read whole tensors instead of sampled rows (all their bytes).")
 @click.option("--batch-size", default=8, show_default=True, help="Models per atomic lake commit.")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
+@token_for_hub
 def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
     """Layer statistics, weight sketches and probe fingerprints for the lake's tensors.
 
@@ -213,6 +242,7 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
         f"{summary['failed']} models with errors, {summary['bytes_fetched'] / 1e6:.2f} MB read"
     )
+    exit_for(summary["status"])
 
 
 @main.command()
@@ -330,6 +360,7 @@ def trees(lake: str, declared: bool, k: int) -> None:
 
     summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
     click.echo(f"trees {summary['status']}: {summary['models']} models in {summary['families']} families, {summary['edges']} edges")
+    exit_for(summary["status"])
 
 
 @main.command("eval-trees")
@@ -415,6 +446,10 @@ def hub() -> None:
 @click.option("--big-family", default=0, show_default=True,
               help="Also serve N Llama-2-7B-shaped repos (one base and its fine-tunes, bf16, ~13.5 GB each) computed on demand, never stored.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --big-family repos: same seed, same bytes.")
+@click.option("--fault-outage-after", default=0, help="From the Nth request on, answer 503 to everything for --outage-seconds (0: never).")
+@click.option("--outage-seconds", default=60.0, show_default=True)
+@click.option("--token", envvar="HUBTREE_SERVE_TOKEN", default=None,
+              help="The token that opens gated repos (clients send it as HF_TOKEN); without it nobody reads them. Env: HUBTREE_SERVE_TOKEN.")
 @click.option("--tier", type=click.Choice(["anonymous", "free", "pro"]), default="free", show_default=True,
               help="Rate limits per window as the Hub's tier (API 500/1000/2500, resolvers 3000/5000/12000 per 5 min).")
 @click.option("--api-limit", type=int, help="API requests per window (overrides --tier).")
@@ -423,7 +458,7 @@ def hub() -> None:
 @click.option("--cdn-port", default=0, show_default=True, help="Port of the CDN that LFS files redirect to (0: a free port).")
 @click.option("--url-ttl", default=3600.0, show_default=True, help="Seconds a signed CDN URL stays valid.")
 def serve(root, host, port, records, page_size, fault_429_every, fault_500_every, fault_stall_every, fault_truncate_every,
-          stall_seconds, big_family, seed, tier, api_limit, resolve_limit, window, cdn_port, url_ttl) -> None:
+          stall_seconds, fault_outage_after, outage_seconds, token, big_family, seed, tier, api_limit, resolve_limit, window, cdn_port, url_ttl) -> None:
     """Serve ROOT (a folder in Hub layout) as a Hub-compatible HTTP API.
 
     \b
@@ -436,7 +471,9 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
     rate-limit buckets with RateLimit / RateLimit-Policy headers and 429s.
     GET /_hubtree/counters gives requests per bucket, 429s, CDN requests and bytes.
     Use it as an air-gapped mirror:  hubtree crawl --hub http://127.0.0.1:8765 --lake L
-    A repo folder holding a .gated file answers file reads with 401 unless a token is sent.
+    A repo folder holding a .gated file answers file reads with 401 unless --token is sent.
+    Only the folder's own regular files are served: links out of it, to directories or
+    devices, and dot-directories answer 404.
     --big-family N serves a family of 7B-shaped repos whose bytes are computed per range
     from --seed (its true tree: hubtree.ops.zoo.big_family.BigFamily(N, seed).truth()).
     """
@@ -449,13 +486,14 @@ def serve(root, host, port, records, page_size, fault_429_every, fault_500_every
         raise click.UsageError("give a hub folder ROOT, --records FILE, --big-family N, or several")
     faults = FaultSpec(
         rate_limit_every=fault_429_every, server_error_every=fault_500_every, stall_every=fault_stall_every,
-        truncate_every=fault_truncate_every, stall_s=stall_seconds,
+        truncate_every=fault_truncate_every, stall_s=stall_seconds, outage_after=fault_outage_after, outage_s=outage_seconds,
     )
     tiered = RateLimits.tier(tier, window)
     limits = RateLimits(api_limit or tiered.api, resolve_limit or tiered.resolvers, window)
-    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != FaultSpec(stall_s=stall_seconds) else None,
+    no_faults = FaultSpec(stall_s=stall_seconds, outage_s=outage_seconds)
+    serve_hub(root, host=host, port=port, records=list(records), faults=faults if faults != no_faults else None,
               page_size=page_size, limits=limits, cdn_port=cdn_port, url_ttl_s=url_ttl,
-              computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None)
+              computed=big_family_repos(BigFamily(big_family, seed)) if big_family else None, token=token)
 
 
 def _print_summary(summary: dict) -> None:

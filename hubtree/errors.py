@@ -79,7 +79,11 @@ class RateLimitedError(HubError):
 
 
 class HubUnavailableError(HubError):
-    """The hub kept failing (5xx, timeouts, broken bodies) after every retry."""
+    """The hub kept failing (5xx, timeouts, refused connections, bodies cut short) after every retry."""
+
+
+# Failures that may well not happen again: a crawl retries the repo on its next run.
+TRANSIENT = (RateLimitedError, HubUnavailableError)
 
 
 class LakeError(HubtreeError):

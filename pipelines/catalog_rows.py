@@ -6,38 +6,63 @@ import math
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from hubtree.ops.hub.catalog import RepoCatalog
+from hubtree.ops.hub.catalog import CrawlError, RepoCatalog
+from hubtree.schemas.tables import arrow_rows
+
+
+TABLES = ("repos", "declared_edges", "files", "tensors", "adapters", "crawl_errors")
 
 
 def catalog_rows(catalogs: list[RepoCatalog], hub: str) -> dict[str, list[dict]]:
-    """Rows for repos, declared_edges, files, tensors, adapters and crawl_errors."""
+    """Rows for repos, declared_edges, files, tensors, adapters and crawl_errors.
+
+    Each repo's rows are built as Arrow on their own first (by the lake's own row
+    builder), so a value no column can hold (an int past int64, text that is not
+    UTF-8) costs that repo only: it is marked failed (``record`` dropped) with one
+    error row, and the next crawl tries it again.
+    """
     now = datetime.now(timezone.utc)
-    rows: dict[str, list[dict]] = {name: [] for name in ("repos", "declared_edges", "files", "tensors", "adapters", "crawl_errors")}
+    rows: dict[str, list[dict]] = {name: [] for name in TABLES}
     for cat in catalogs:
-        rows["crawl_errors"] += [asdict(e) for e in cat.errors]
-        if not cat.ok:
-            continue
-        key = {"repo_id": cat.ref.repo_id, "revision": cat.ref.revision}
-        rows["repos"].append(_repo_row(cat, key, hub, now))
-        rows["declared_edges"] += [
-            {**key, "parent_repo_id": e.parent, "relation": e.relation, "source": e.source} for e in cat.edges
+        try:
+            mine = _repo_rows(cat, hub, now)
+            for name, table_rows in mine.items():
+                arrow_rows(name, table_rows, run_id="check", batch_id="check")
+        except Exception as err:  # noqa: BLE001  one repo's data must not cost the batch
+            cat.record = None
+            cat.errors = [*cat.errors, CrawlError.of(err, cat.ref, "rows", revision_known=False)]
+            mine = {"crawl_errors": [asdict(e) for e in cat.errors]}
+        for name, table_rows in mine.items():
+            rows[name] += table_rows
+    return rows
+
+
+def _repo_rows(cat: RepoCatalog, hub: str, now: datetime) -> dict[str, list[dict]]:
+    """One repo's rows per table (only its error rows when it failed as a whole)."""
+    rows: dict[str, list[dict]] = {"crawl_errors": [asdict(e) for e in cat.errors]}
+    if not cat.ok:
+        return rows
+    key = {"repo_id": cat.ref.repo_id, "revision": cat.ref.revision}
+    rows["repos"] = [_repo_row(cat, key, hub, now)]
+    rows["declared_edges"] = [
+        {**key, "parent_repo_id": e.parent, "relation": e.relation, "source": e.source} for e in cat.edges
+    ]
+    rows["files"] = [
+        {**key, "path": f.path, "size": f.size, "sha256": f.sha256, "kind": cat.file_kinds[f.path],
+         "duplicate_of": cat.duplicates.get(f.path)}
+        for f in cat.record.files
+    ]
+    rows["tensors"] = [
+        {**key, "file": t.file, "name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+         "numel": t.numel, "data_begin": t.begin, "data_end": t.end}
+        for t in cat.tensors
+    ]
+    if cat.adapter:
+        a = cat.adapter
+        rows["adapters"] = [
+            {**key, "base_model": a.base_model, "peft_type": a.peft_type, "rank": a.rank,
+             "lora_alpha": a.lora_alpha, "target_modules": a.target_modules}
         ]
-        rows["files"] += [
-            {**key, "path": f.path, "size": f.size, "sha256": f.sha256, "kind": cat.file_kinds[f.path],
-             "duplicate_of": cat.duplicates.get(f.path)}
-            for f in cat.record.files
-        ]
-        rows["tensors"] += [
-            {**key, "file": t.file, "name": t.name, "dtype": t.dtype, "shape": list(t.shape),
-             "numel": t.numel, "data_begin": t.begin, "data_end": t.end}
-            for t in cat.tensors
-        ]
-        if cat.adapter:
-            a = cat.adapter
-            rows["adapters"].append(
-                {**key, "base_model": a.base_model, "peft_type": a.peft_type, "rank": a.rank,
-                 "lora_alpha": a.lora_alpha, "target_modules": a.target_modules}
-            )
     return rows
 
 

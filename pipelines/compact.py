@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run
 
 RETENTION_DAYS = 7.0  # time travel reaches this far back; older snapshots and the files only they need go
 
 
-@flow(name="hubtree-compact", log_prints=True)
+@flow(name="hubtree-compact", log_prints=True, on_failure=FAILURE_HOOKS)
 def compact_flow(lake: str, retention_days: float = RETENTION_DAYS) -> dict:
     """Compact ``lake``; returns the data files before and after and the unreferenced blob files removed."""
     params = {"lake": lake, "retention_days": retention_days}

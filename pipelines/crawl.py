@@ -26,7 +26,7 @@ from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.weights.safetensors_reader import TensorEntry
 from hubtree.pipelines.catalog_rows import catalog_rows
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
 
 
 @dataclass
@@ -60,10 +60,7 @@ class CatalogWorker:
         self.known = known
 
     def catalog(self, ref: RepoRef) -> RepoCatalog:
-        try:
-            return catalog_repo(self.source, ref, self.known)
-        except Exception as err:  # a bug or an unforeseen input must cost one repo, not the crawl
-            return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
+        return catalog_repo(self.source, ref, self.known)  # never raises: one repo's data costs that repo only
 
     def traffic(self) -> dict[str, int]:
         return _traffic(self.source)
@@ -135,7 +132,7 @@ def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str
     return catalogs
 
 
-@flow(name="hubtree-crawl", log_prints=True)
+@flow(name="hubtree-crawl", log_prints=True, on_failure=FAILURE_HOOKS)
 def crawl_flow(
     hub: str,
     lake: str,
@@ -185,7 +182,7 @@ def crawl_flow(
                         bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
             for counts in ray.get([a.traffic.remote() for a in pool.actors]):
                 _add_traffic(summary, counts)
-    summary.status = "completed"
+    summary.status = run_status(summary.repos_failed, summary.repos_crawled + summary.repos_failed)
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(
         "crawl %s: %d crawled, %d failed, %d skipped; fetched %.2f MB of %.2f MB of weights files",

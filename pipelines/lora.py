@@ -36,7 +36,7 @@ from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResult, RepoLoc, detune_units
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for, read_tensor
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -108,7 +108,7 @@ def _save_weights(lake: Lake, base_repo: str, run_id: str, tensors: dict[str, to
     return lake.write_blob("recovered", base_repo, run_id, data, ".safetensors")
 
 
-@flow(name="hubtree-lora", log_prints=True)
+@flow(name="hubtree-lora", log_prints=True, on_failure=FAILURE_HOOKS)
 def lora_flow(
     lake: str,
     hub: str | None = None,
@@ -249,7 +249,7 @@ def _read_labels(labels_csv: str) -> dict[str, int]:
         raise HubtreeError(f"{labels_csv}: dataset_size must be an integer ({err})") from err
 
 
-@flow(name="hubtree-dsire-fit", log_prints=True)
+@flow(name="hubtree-dsire-fit", log_prints=True, on_failure=FAILURE_HOOKS)
 def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     """Fit DSiRe on the lake's adapters listed in ``labels_csv`` (``repo_id,dataset_size``); store it in the lake."""
     logger = get_run_logger()
@@ -289,7 +289,7 @@ def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, Dsir
     return model_id, DsireModel.from_arrays(arrays), train
 
 
-@flow(name="hubtree-dsire-predict", log_prints=True)
+@flow(name="hubtree-dsire-predict", log_prints=True, on_failure=FAILURE_HOOKS)
 def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = None) -> dict:
     """Dataset-size estimates for every adapter in ``lake`` that did not train the model (default: the latest fit)."""
     logger = get_run_logger()

@@ -14,7 +14,7 @@ from prefect import flow
 from hubtree.lake import Lake
 from hubtree.pipelines.compact import compact_flow
 from hubtree.pipelines.crawl import crawl_flow
-from hubtree.pipelines.run_log import record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, record_run
 from hubtree.pipelines.lora import lora_flow
 from hubtree.pipelines.stats import stats_flow
 from hubtree.pipelines.trees import trees_flow
@@ -22,7 +22,7 @@ from hubtree.pipelines.trees import trees_flow
 STAGES = ("crawl", "stats", "trees", "lora", "compact")
 
 
-@flow(name="hubtree-run", log_prints=True)
+@flow(name="hubtree-run", log_prints=True, on_failure=FAILURE_HOOKS)
 def run_flow(
     hub: str,
     lake: str,
@@ -54,6 +54,7 @@ def run_flow(
         results["lora"] = lora_flow(lake=lake, ray_address=ray_address, progress=False)
     if "compact" in (stages or STAGES):
         results["compact"] = compact_flow(lake=lake)
-    status = "completed" if all(r.get("status") == "completed" for r in results.values()) else "failed"
+    statuses = {r.get("status") for r in results.values()}
+    status = next((s for s in ("failed", "partial") if s in statuses), "completed")
     record_run(the_lake, "run", run_id, params, started, status)
     return {"run_id": run_id, "status": status, "stages": results}

@@ -1,13 +1,21 @@
 """Every flow run leaves rows in ``crawl_runs``: one when it starts, one when it ends.
 
-A run killed in between keeps its ``running`` row, which is how a user tells an
-interrupted run from a finished one.
+The final status says how it ended: ``completed`` (every unit done), ``partial``
+(finished, but some units, repos or models, failed: their ``crawl_errors`` rows say
+why, and a rerun retries them), or ``failed`` (the run raised, or no unit succeeded;
+an error row with the run's id and the flow as its stage holds the error). A run
+killed in between keeps its ``running`` row, which is how a user tells an interrupted
+run from a finished one. Every flow names ``FAILURE_HOOKS`` as its Prefect
+``on_failure`` hooks, so a flow that raises can never be left ``running``.
 """
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timezone
+
+from prefect.context import FlowRunContext
 
 from hubtree.lake import Lake
 from hubtree.schemas.tables import BOOKKEEPING, CRAWL_RUNS
@@ -28,6 +36,47 @@ def record_run(
         "finished_at": None if status == "running" else datetime.now(timezone.utc),
     }
     lake.commit("runs", run_id, {"crawl_runs": [row]}, day=started.date())
+    if (flow_run := _flow_run_id()) is not None:
+        if status == "running":
+            _ACTIVE[flow_run] = (lake, flow, run_id, params, started)
+        else:
+            _ACTIVE.pop(flow_run, None)
+
+
+def run_status(failed: int, total: int) -> str:
+    """``completed``, ``partial`` (some of ``total`` units failed) or ``failed`` (all of them)."""
+    if failed and failed >= total:
+        return "failed"
+    return "partial" if failed else "completed"
+
+
+# The run each Prefect flow run of this process recorded as running, by flow run id.
+_ACTIVE: dict[str, tuple[Lake, str, str, dict, datetime]] = {}
+
+
+def _flow_run_id() -> str | None:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+
+
+def record_failed_run(flow, flow_run, state) -> None:
+    """Prefect ``on_failure`` hook: the run this flow recorded as running ends ``failed``, its error a crawl_errors row."""
+    active = _ACTIVE.pop(str(flow_run.id), None)
+    if active is None:
+        return
+    lake, name, run_id, params, started = active
+    from hubtree.ops.hub.catalog import CrawlError  # the error row every stage writes
+
+    err = state.result(raise_on_failure=False)
+    if not isinstance(err, BaseException):
+        err = RuntimeError(state.message or "the flow failed")
+    try:
+        lake.commit(name, run_id, {"crawl_errors": [asdict(CrawlError.of(err, None, name))]}, day=started.date())
+    finally:
+        record_run(lake, name, run_id, params, started, "failed")
+
+
+FAILURE_HOOKS = [record_failed_run]
 
 
 def begin_run(

@@ -38,7 +38,7 @@ from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_sampl
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
 
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
 CHUNK_BYTES = 512 * 1024 * 1024
@@ -210,7 +210,7 @@ def stats_batch(pool: WorkerPool, units: list[ModelUnit], lake: Lake, run_id: st
     return results
 
 
-@flow(name="hubtree-stats", log_prints=True)
+@flow(name="hubtree-stats", log_prints=True, on_failure=FAILURE_HOOKS)
 def stats_flow(
     lake: str,
     hub: str | None = None,
@@ -252,6 +252,7 @@ def stats_flow(
                     summary["failed"] += bool(result.errors)
                     summary["bytes_fetched"] += result.bytes_read
                     bar.update(result.unit.nbytes)
+    summary["status"] = run_status(summary["failed"], summary["models"])
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
                {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], "bytes_fetched": summary["bytes_fetched"]})
     logger.info("stats %s: %d tensors of %d models, %d models with errors", run_id, summary["tensors"], summary["models"], summary["failed"])

@@ -18,7 +18,7 @@ from hubtree.lake import Lake
 from hubtree.ops.trees.inputs import models_from_layers
 from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
 from hubtree.ops.trees.priors import DeclaredGraph, DeclaredRow, DirectionRule
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run
 
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
 
@@ -104,7 +104,7 @@ def _rule(rule: DirectionRule | None) -> str | None:
     return f"{side} {rule.witness} (from {rule.source}{agreement})"
 
 
-@flow(name="hubtree-trees", log_prints=True)
+@flow(name="hubtree-trees", log_prints=True, on_failure=FAILURE_HOOKS)
 def trees_flow(lake: str, use_declared: bool = True, k: int = 10, full: bool = False) -> dict:
     """Recover every family's tree from the lake; ``use_declared=False`` ignores declared edges (for evaluation).
 

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# hubtree's own caches (local hubs' file hashes) go to a fresh folder, not the user's home.
+os.environ.setdefault("HUBTREE_HOME", tempfile.mkdtemp(prefix="hubtree-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Test hubs live on 127.0.0.1: a stalled request is one that takes over 3 s. Set before
 # Ray starts, so its workers see it too.
 os.environ.setdefault("HUBTREE_HTTP_TIMEOUT_S", "3")
+# Retries back off from 50 ms (not 1 s): a hub that is down fails a request in seconds.
+os.environ.setdefault("HUBTREE_HTTP_BACKOFF_S", "0.05")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import pytest

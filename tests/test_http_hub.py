@@ -58,7 +58,7 @@ def test_repo_record_over_http_equals_local(tiny_hub, hub_server):
 
 
 def test_header_and_tensors_over_http_match_local_file_byte_for_byte(tiny_hub, hub_server):
-    server = hub_server(tiny_hub)
+    server = hub_server(tiny_hub, token="hf_test")
     hub = HttpHub(server.url, token="hf_test", policy=fast_policy())
     opened = []
     for ref in LocalHub(tiny_hub).list_repos():
@@ -146,8 +146,8 @@ def test_missing_things_raise_our_errors(tiny_hub, hub_server):
     assert hub.read_text(ref, "README.md").startswith("---\n")
 
 
-def test_gated_repo_needs_a_token(tiny_hub, hub_server):
-    server = hub_server(tiny_hub)
+def test_gated_repo_needs_the_servers_token(tiny_hub, hub_server):
+    server = hub_server(tiny_hub, token="hf_secret")
     ref = RepoRef(GATED_REPO, LocalHub(tiny_hub).revision(GATED_REPO))
     anonymous = HttpHub(server.url, policy=fast_policy())
     assert anonymous.repo_record(ref).gated
@@ -155,11 +155,13 @@ def test_gated_repo_needs_a_token(tiny_hub, hub_server):
         read_header(anonymous.open_file(ref, "model.safetensors"))
     with pytest.raises(GatedRepoError):
         anonymous.read_text(ref, "README.md")
+    with pytest.raises(GatedRepoError):
+        read_header(HttpHub(server.url, token="hf_someone_else", policy=fast_policy()).open_file(ref, "model.safetensors"))
     assert read_header(HttpHub(server.url, token="hf_secret", policy=fast_policy()).open_file(ref, "model.safetensors")).tensors
 
 
 def test_endpoint_and_token_come_from_the_environment(tiny_hub, hub_server, monkeypatch):
-    server = hub_server(tiny_hub)
+    server = hub_server(tiny_hub, token="hf_from_env_0123456789")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_TOKEN", "hf_from_env_0123456789")
     hub = HttpHub(policy=fast_policy())
@@ -171,7 +173,7 @@ def test_endpoint_and_token_come_from_the_environment(tiny_hub, hub_server, monk
 
 def test_every_read_and_listing_survives_injected_faults(tiny_hub, hub_server):
     faults = FaultSpec(rate_limit_every=5, server_error_every=7, stall_every=13, truncate_every=4, rate_limit_reset_s=0, stall_s=2.0, seed=3)
-    server = hub_server(tiny_hub, faults=faults, page_size=2)
+    server = hub_server(tiny_hub, faults=faults, page_size=2, token="hf_test")
     policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05, timeout=1.0, seed=0)  # a stall outlasts it, a loaded machine does not
     hub, local = HttpHub(server.url, token="hf_test", policy=policy), LocalHub(tiny_hub)
     for query in QUERIES:

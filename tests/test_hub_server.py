@@ -11,6 +11,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import parse_ratelimit_headers
 from hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, hub_server, no_hf_token, tiny_hub  # noqa: F401 (fixtures)
 
+from hubtree.errors import EntryNotFoundError, FileUnreadableError
 from hubtree.hub_server import COUNTERS_PATH, FaultSpec, RateLimits
 from hubtree.ops.hub.source import RepoQuery
 from hubtree.ops.hub.local import LocalHub
@@ -197,11 +198,13 @@ def test_errors_raise_huggingface_hub_precise_classes(tiny_hub, hub_server, tmp_
     assert response.status_code == 404 and response.headers["x-error-code"] == "RepoNotFound"
 
 
-def test_gated_repo_hides_files_but_not_metadata_without_a_token(tiny_hub, hub_server, tmp_path):
-    server = hub_server(tiny_hub)
+def test_gated_repo_hides_files_but_not_metadata_without_the_servers_token(tiny_hub, hub_server, tmp_path):
+    server = hub_server(tiny_hub, token="hf_any")
     assert HfApi(endpoint=server.url).model_info(GATED_REPO).gated == "manual"
     with pytest.raises(hf_errors.GatedRepoError):
         hf_hub_download(GATED_REPO, "config.json", endpoint=server.url, cache_dir=tmp_path / "anonymous")
+    with pytest.raises(hf_errors.GatedRepoError):
+        hf_hub_download(GATED_REPO, "config.json", endpoint=server.url, cache_dir=tmp_path / "other", token="hf_other")
     file = hf_hub_download(GATED_REPO, "config.json", endpoint=server.url, cache_dir=tmp_path / "user", token="hf_any")
     assert open(file, "rb").read() == (tiny_hub / GATED_REPO / "config.json").read_bytes()
 
@@ -258,3 +261,32 @@ def test_a_stall_outlasts_a_short_client_timeout(tiny_hub, hub_server):
     with pytest.raises(httpx2.ReadTimeout):
         httpx2.get(f"{server.url}/api/models", timeout=0.2)
     assert server.faults.injected["stall"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_the_mirror_serves_only_its_own_regular_files(tiny_hub, hub_server, tmp_path):
+    """Links out of the root, to a directory or to a device, and dot-directories: refused, never read, no hang."""
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the hub's")
+    repo = tiny_hub / "org" / "base"
+    (repo / "escape.txt").symlink_to(secret)
+    (repo / "folder-link").symlink_to(tmp_path)
+    (repo / "zeros.bin").symlink_to("/dev/zero")
+    (repo / ".git").mkdir()
+    (repo / ".git" / "config").write_text("[core]")
+    local = LocalHub(tiny_hub)
+    ref = next(r for r in local.list_repos() if r.repo_id == "org/base")  # would hash /dev/zero forever
+    listed = {f.path for f in local.repo_record(ref).files}
+    assert {"escape.txt", "folder-link", "zeros.bin"} <= listed and ".git/config" not in listed
+    for path in ("escape.txt", "folder-link", "zeros.bin"):
+        with pytest.raises(FileUnreadableError):
+            local.open_file(ref, path)
+    with pytest.raises(EntryNotFoundError):
+        local.open_file(ref, ".git/config")
+
+    server = hub_server(tiny_hub)
+    for path in ("escape.txt", "folder-link", "zeros.bin", ".git/config", ".gated", "../../gated/secret/model.safetensors"):
+        response = get(f"{server.url}/org/base/resolve/main/{path}")
+        assert response.status_code in (403, 404), path
+        assert b"not the hub's" not in response.content
+    assert httpx2.get(f"{server.url}/org/base/resolve/main/model.safetensors", follow_redirects=True, timeout=5).status_code == 200  # via its CDN

@@ -25,9 +25,13 @@ the Hub's ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFo
 Gated repos: a repo folder holding a ``.gated`` file is gated (the file may say ``auto``
 or ``manual``; empty means ``manual``). As on the Hub, its metadata stays public (listing,
 model info, tree report ``gated``), and file contents (``resolve``) answer 401 with
-``X-Error-Code: GatedRepo`` unless the request has an ``Authorization: Bearer`` header;
-any token is accepted. LocalHub ignores dot-files, so the marker changes neither the
-repo's files nor its revision.
+``X-Error-Code: GatedRepo`` unless the request sends ``Authorization: Bearer <token>``
+with the token the server was given (``hub serve --token``); without one, nobody reads
+them. LocalHub ignores dot-files, so the marker changes neither the repo's files nor its revision.
+
+Only the folder's own files are served: a path is resolved with its links followed and
+must stay under the root and be a regular file; a link out of the root, to a directory
+or to a device, and anything under a dot-directory, answers 404 ``EntryNotFound``.
 
 Records: ``records=[jsonl paths]`` serves recorded Hub metadata (one JSON line per model
 with ``model_info``: id, sha, dates, tags, card_data YAML, siblings...) as metadata-only
@@ -36,7 +40,8 @@ the card data; every other file answers 404 ``EntryNotFound``. Recorded gated re
 gated as above. A folder repo wins over a record with the same id.
 
 Faults: ``FaultSpec`` makes every Nth request fail (429 with ``RateLimit`` headers, 500,
-a stall longer than a client's timeout, a body cut short); the ``FaultInjector`` at
+a stall longer than a client's timeout, a body cut short), or the hub go down (503 to
+everything) for a while from a given request on; the ``FaultInjector`` at
 ``app.state.faults`` counts what it injected and logs the requests it saw.
 
 Run ``serve(root)`` for a blocking server, or ``with running(root) as server:`` in tests.

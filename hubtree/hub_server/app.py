@@ -1,6 +1,8 @@
 """The ASGI app: the Hub's routes over a ``ServedHub``, Hub error codes, rate limits, and the fault middleware in front."""
 from __future__ import annotations
 
+import hmac
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ def make_app(
     counters: HubCounters | None = None,
     clock: Callable[[], float] | None = None,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The ASGI app serving ``root`` (a LocalHub folder, or None), ``records`` and ``computed`` repos
     (big-model mode: ``hub_server.big``); see the package docstring.
@@ -58,13 +61,15 @@ def make_app(
     resolve to 302s onto it; without one they are served here. ``app.state.faults`` is the
     FaultInjector (present without faults too, to log requests), ``app.state.counters`` the
     ``HubCounters`` (also at ``GET /_hubtree/counters``).
+    ``token`` opens gated repos' files to requests sending ``Authorization: Bearer <token>``;
+    without one, gated files are served to nobody.
     """
     served = ServedHub(Path(root) if root is not None else None, [Path(p) for p in records], computed)
     injector = FaultInjector(faults or FaultSpec())
     counters = counters or HubCounters()
     clock = clock or (cdn.clock if cdn else time.time)
     app = Starlette(
-        routes=[*routes(Endpoints(served, page_size, cdn)), Route(COUNTERS_PATH, lambda request: JSONResponse(counters.snapshot()))],
+        routes=[*routes(Endpoints(served, page_size, cdn, token)), Route(COUNTERS_PATH, lambda request: JSONResponse(counters.snapshot()))],
         middleware=[
             Middleware(FaultMiddleware, injector=injector),
             Middleware(RateLimitMiddleware, windows=FixedWindows(limits or RateLimits(), clock), counters=counters),
@@ -100,6 +105,7 @@ class Endpoints:
     served: ServedHub
     page_size: int
     cdn: Cdn | None = None
+    token: str | None = None  # the one token that opens gated repos
 
     def list_models(self, request: Request) -> Response:
         """As the Hub: ``limit`` is the page size (at most ``page_size``), further pages follow the Link header."""
@@ -122,7 +128,7 @@ class Endpoints:
         path = request.path_params["path"]
         if path not in repo.files or (repo.files[path].local is None and repo.files[path].content is None and repo.files[path].generate is None):
             raise EntryNotFoundError(f"Entry not found: {path}")
-        if repo.gated and not request.headers.get("authorization", "").startswith("Bearer "):
+        if repo.gated and not self._authorized(request):
             raise GatedRepoError(
                 f"Access to model {repo.record.repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in."
             )
@@ -139,6 +145,11 @@ class Endpoints:
             return serve_bytes(request, file, headers)
         # Synthesized text is small: served whole, and said so (servers may ignore Range).
         return Response(file.content, headers={**headers, "Accept-Ranges": "none"}, media_type="text/plain")
+
+    def _authorized(self, request: Request) -> bool:
+        """The request sends the token ``hub serve`` was given (compared in constant time)."""
+        sent = request.headers.get("authorization", "").encode("latin-1", "replace")
+        return self.token is not None and hmac.compare_digest(sent, f"Bearer {self.token}".encode())
 
     def repo_at(self, request: Request) -> ServedRepo:
         """The repo a path names, at ``main`` or its own revision."""

@@ -50,10 +50,11 @@ def serve(
     cdn_port: int = 0,
     url_ttl_s: float = DEFAULT_TTL_S,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> None:
     """Serve until interrupted (``hubtree hub serve``): the hub on ``port``, its CDN on ``cdn_port`` (0: a free port)."""
     cdn, counters = Cdn(ttl_s=url_ttl_s), HubCounters()
-    hub_server = uvicorn.Server(uvicorn.Config(make_app(root, records, faults, page_size, limits, cdn, counters, computed=computed), host=host, port=port, log_level="info"))
+    hub_server = uvicorn.Server(uvicorn.Config(make_app(root, records, faults, page_size, limits, cdn, counters, computed=computed, token=token), host=host, port=port, log_level="info"))
     cdn_server = uvicorn.Server(uvicorn.Config(make_cdn_app(cdn, counters), host=host, port=cdn_port, log_level="warning"))
 
     async def both() -> None:
@@ -81,6 +82,7 @@ def running(
     url_ttl_s: float = DEFAULT_TTL_S,
     clock: Callable[[], float] = time.time,
     computed: Mapping[str, ServedRepo] | None = None,
+    token: str | None = None,
 ) -> Iterator[RunningServer]:
     """Run the hub and its CDN in daemon threads on free ports for the ``with`` block, then stop them.
 
@@ -94,7 +96,7 @@ def running(
             server.counters["resolvers"], server.counters["cdn_bytes"]
     """
     cdn, counters = Cdn(ttl_s=url_ttl_s, clock=clock), HubCounters()
-    app = make_app(root, records, faults, page_size, limits, cdn, counters, computed=computed)
+    app = make_app(root, records, faults, page_size, limits, cdn, counters, computed=computed, token=token)
     with ExitStack() as stack:
         cdn.base_url = stack.enter_context(_thread_server(make_cdn_app(cdn, counters), host, 0, "hub-cdn"))
         url = stack.enter_context(_thread_server(app, host, port, "hub-server"))

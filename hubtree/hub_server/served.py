@@ -16,7 +16,7 @@ import yaml
 
 from hubtree.errors import HubtreeError, RepoNotFoundError
 from hubtree.ops.hub.declared import parse_card
-from hubtree.ops.hub.local import LocalHub, _sha256
+from hubtree.ops.hub.local import LocalHub
 from hubtree.ops.hub.source import RepoFile, RepoRecord, RepoRef, config_summary
 
 GATED_MARKER = ".gated"
@@ -36,10 +36,11 @@ class ServedFile:
 
     path: str
     size: int | None  # None: a metadata-only record that does not say
-    local: Path | None = None
+    local: Path | None = None  # the real path, checked to be the hub's own regular file
     content: bytes | None = None
     generate: Callable[[int, int], bytes] | None = field(default=None, compare=False)
     sha256: str | None = None
+    sha256_of: Callable[[Path], str] | None = None  # the hub's cached file hash
 
     def hashes(self) -> tuple[str | None, str | None]:
         """(git oid, LFS sha256): the Hub's ``oid``/``blobId`` and ``lfs.sha256``. None where there are no bytes."""
@@ -51,7 +52,7 @@ class ServedFile:
             return None, None
         stat = self.local.stat()
         if Path(self.path).suffix in LFS_SUFFIXES or self.size >= LFS_MIN_SIZE:
-            sha256 = _sha256(self.local, stat.st_size, stat.st_mtime_ns)
+            sha256 = self.sha256_of(self.local)
             return git_oid(lfs_pointer(sha256, self.size)), sha256
         return _file_oid(self.local, stat.st_size, stat.st_mtime_ns), None
 
@@ -99,12 +100,20 @@ class ServedHub:
         key = (repo_id, ref.revision, gated)
         if key not in self._folders:
             record = hub.repo_record(ref)
-            files = {f.path: ServedFile(f.path, f.size, local=hub.local_path(repo_id, f.path)) for f in record.files}
+            files = {f.path: ServedFile(f.path, f.size, local=_own(hub, repo_id, f.path), sha256_of=hub.file_sha256) for f in record.files}
             self._folders[key] = ServedRepo(
                 replace(record, gated=gated is not None), gated, _json_or_empty(hub, ref, "README.md", parse_card),
                 config_summary(_json_or_empty(hub, ref, "config.json", json.loads)), files,
             )
         return self._folders[key]
+
+
+def _own(hub: LocalHub, repo_id: str, path: str) -> Path | None:
+    """The file's real path if the hub may serve it; None (answered 404) for a link out of the root or a non-regular file."""
+    try:
+        return hub.own_path(repo_id, path)
+    except HubtreeError:
+        return None
 
 
 def _json_or_empty(hub: LocalHub, ref: RepoRef, path: str, parse: Callable[[str], Any]) -> dict:

@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from hubtree.errors import ConfigParseError, EntryNotFoundError, HubtreeError, UnsupportedFormatError
+from hubtree.errors import (
+    ConfigParseError,
+    EntryNotFoundError,
+    TRANSIENT,
+    HubtreeError,
+    UnsupportedFormatError,
+)
 from hubtree.ops.hub.declared import (
     DeclaredEdge,
     edges_from_adapter_config,
@@ -30,6 +36,8 @@ from hubtree.ops.hub.source import HubSource, RepoFile, RepoRecord, RepoRef, con
 from hubtree.ops.weights.safetensors_reader import TensorEntry, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TRANSIENT_ERRORS = frozenset(cls.__name__ for cls in TRANSIENT)
+MAX_MESSAGE_CHARS = 2000  # an error row quotes the hub's data; a hostile hub cannot make it huge
 
 
 @dataclass(frozen=True)
@@ -47,15 +55,22 @@ class CrawlError:
     @classmethod
     def of(cls, err: Exception, ref: RepoRef | None, stage: str, path: str | None = None, revision_known: bool = True) -> "CrawlError":
         message = str(err) if isinstance(err, HubtreeError) else f"{type(err).__name__}: {err}"
+        if isinstance(err, TRANSIENT) and ref is not None:
+            message = f"{message[:MAX_MESSAGE_CHARS]} [transient: {ref.repo_id} is not recorded as crawled; the next run crawls it again]"
         return cls(
-            ref.repo_id if ref else None,
-            ref.revision if ref and revision_known else None,
-            path,
+            _utf8(ref.repo_id) if ref else None,
+            _utf8(ref.revision) if ref and revision_known else None,
+            _utf8(path),
             stage,
             type(err).__name__,
-            message or type(err).__name__,
+            _utf8(message[:MAX_MESSAGE_CHARS] or type(err).__name__),
             datetime.now(timezone.utc),
         )
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text from a hub as Parquet can store it: a lone surrogate becomes its escape."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,11 @@ class RepoCatalog:
     bytes_fetched: int = 0
     # path -> the file it is an exact copy of ("repo_id@revision:path"), recognised by sha256 without reading it
     duplicates: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def retry(self) -> bool:
+        """Something failed for a passing reason (the hub down, rate limits): crawl this repo again next run."""
+        return any(e.error_class in TRANSIENT_ERRORS for e in self.errors)
 
     @property
     def ok(self) -> bool:
@@ -117,7 +137,21 @@ def catalog_repo(source: HubSource, ref: RepoRef, known: Mapping[str, str] | Non
 
     ``known`` maps the sha256 of weights files already in the lake to where they are
     (``repo_id@revision:path``): such a file costs its resolve only.
+
+    Failures hubtree foresees cost the smallest scope (a card, a file); anything else
+    (a bug, an input nobody foresaw) costs this repo as a whole: no record, one error
+    row, and the next crawl tries it again.
     """
+    try:
+        out = _catalog(source, ref, known)
+    except Exception as err:  # noqa: BLE001  the driver must never die on one repo's data
+        return RepoCatalog(ref, errors=[CrawlError.of(err, ref, "catalog", revision_known=False)])
+    if out.retry:
+        out.record = None  # a repo missing files for a passing reason is not done: the next run crawls it again
+    return out
+
+
+def _catalog(source: HubSource, ref: RepoRef, known: Mapping[str, str] | None = None) -> RepoCatalog:
     out = RepoCatalog(ref)
     try:
         out.record = replace(source.repo_record(ref))  # a copy: sizes learned below must not change a shared listing

@@ -17,7 +17,10 @@ def open_hub(hub: str | None) -> HubSource:
     the hub's own RateLimit headers then lower it where they say less is left. Inside a
     Ray cluster every worker shares one budget per hub (a named actor); outside, the
     process has its own. HUBTREE_HTTP_TIMEOUT_S bounds each request (default 30 s); a
-    request that times out is retried like a 5xx.
+    request that times out is retried like a 5xx. Timeouts and 5xx retry up to
+    HUBTREE_HTTP_RETRIES times (default 6) with backoff from HUBTREE_HTTP_BACKOFF_S
+    (default 1 s, doubling): about a minute of a hub not answering before a file counts
+    as failed (and its repo is crawled again on the next run).
     """
     hub = hub or DEFAULT_HUB
     if not hub.startswith(("http://", "https://")):
@@ -37,4 +40,10 @@ def open_hub(hub: str | None) -> HubSource:
             limits[kind] = int(os.environ[variable])
     budget = shared_budget(hub, limits) if ray.is_initialized() else RequestBudget(limits=limits)
     timeout = float(os.environ.get("HUBTREE_HTTP_TIMEOUT_S", 30))
-    return HttpHub(hub, policy=RetryPolicy(budget=budget, timeout=timeout))
+    policy = RetryPolicy(
+        budget=budget,
+        timeout=timeout,
+        max_retries=int(os.environ.get("HUBTREE_HTTP_RETRIES", RetryPolicy.max_retries)),
+        base_delay_s=float(os.environ.get("HUBTREE_HTTP_BACKOFF_S", RetryPolicy.base_delay_s)),
+    )
+    return HttpHub(hub, policy=policy)

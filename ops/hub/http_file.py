@@ -30,6 +30,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from hubtree.errors import HubError, TruncatedFileError
 from hubtree.ops.hub.retry import CDN, RESOLVE, RetryPolicy
+from hubtree.ops.hub.token_scope import scoped_token
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
@@ -86,7 +87,8 @@ class HttpFile:
         policy: the retry policy and request budget, shared with the hub that opened the file
             (a file opened on its own gets a policy, and so a budget, of its own).
         size: the file's size when already known (from the lake), saving nothing but a check.
-        headers: request headers; by default ``build_hf_headers()`` (HF_TOKEN or the saved login).
+        headers: request headers; by default huggingface_hub's, with the user's token only
+            where ``token_scope.scoped_token`` allows it for this URL.
         traffic: a counter shared with the hub, on top of this file's own.
         clock: epoch seconds, to judge a kept URL's expiry (injectable for tests).
 
@@ -115,7 +117,8 @@ class HttpFile:
         self.url = url
         self.policy = policy or RetryPolicy()
         self._size = size
-        self._headers = {**(headers if headers is not None else build_hf_headers()), "Accept-Encoding": "identity"}
+        own = build_hf_headers(token=scoped_token(url)) if headers is None else headers
+        self._headers = {**own, "Accept-Encoding": "identity"}
         self._cdn_headers = {"Accept-Encoding": "identity", "user-agent": self._headers.get("user-agent", "hubtree")}
         self._clock = clock
         self._resolved: Resolved | None = None

@@ -34,6 +34,7 @@ from hubtree.errors import RepoNotFoundError
 from hubtree.ops.hub.http_file import HttpFile, Traffic
 from hubtree.ops.hub.source import RepoFile, RepoQuery, RepoRecord, RepoRef
 from hubtree.ops.hub.retry import API, RetryPolicy
+from hubtree.ops.hub.token_scope import scoped_token
 
 # What a listing entry must carry: the sha makes a RepoRef, the rest its RepoRecord (and filters a family here).
 _LISTING_FIELDS = [
@@ -52,7 +53,9 @@ class HttpHub:
 
     Args:
         endpoint: e.g. ``https://huggingface.co`` or a test server's URL; default ``HF_ENDPOINT``.
-        token: a Hub token; default ``HF_TOKEN`` or the saved login (as huggingface_hub decides).
+        token: a Hub token meant for this endpoint; default ``HF_TOKEN`` or the saved login,
+            sent only where ``token_scope.scoped_token`` allows (the Hub, ``HF_ENDPOINT``,
+            ``--token-for-hub``), and never over plain http off this machine.
         policy: the retry policy and request budget; default the free tier's.
 
     ``requests`` and ``bytes_fetched`` count everything this hub and the files it opened
@@ -69,6 +72,7 @@ class HttpHub:
         self.url = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         self.policy = policy or RetryPolicy()
         self.traffic = Traffic()
+        token = scoped_token(self.url, token)  # only the Hub, HF_ENDPOINT or a hub named for it gets one
         self._headers = build_hf_headers(token=token)  # holds the token: never logged, never in a message
 
     def __repr__(self) -> str:

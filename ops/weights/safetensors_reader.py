@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ from hubtree.errors import (
 
 # The safetensors library refuses headers over 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
+# A header is 3 levels deep ({name: {"shape": [...]}}); deeper JSON is refused before parsing.
+MAX_DEPTH = 16
+MAX_DIMS = 64  # numpy's limit on an array's dimensions
+INT64_MAX = 2**63 - 1  # shapes and offsets land in int64 columns
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -143,22 +150,28 @@ def parse_header(prefix: bytes, file_size: int, file: str = "") -> SafetensorsHe
     """Validate a header given the file's first ``8 + N`` bytes and its total size.
 
     Raises one of the SafetensorsError subclasses naming the first problem found:
-    a length prefix past the bound or the file, bad JSON, an unknown dtype, a shape
-    whose byte count disagrees with its offsets, offsets outside the data region,
-    or two tensors sharing bytes.
+    a length prefix past the bound or the file, bad JSON or JSON nested deeper than
+    the format ever needs, a name or metadata that is not valid UTF-8, an unknown
+    dtype, a shape that does not fit int64 or whose byte count disagrees with its
+    offsets, offsets outside the data region, or two tensors sharing bytes. Whatever
+    a header holds, this raises nothing else: a hostile file costs only itself.
     """
     n = header_length(prefix[:8], file_size, file)
     if len(prefix) < 8 + n:
         raise TruncatedFileError(f"{file}: header needs {8 + n} bytes, got {len(prefix)}")
+    text = prefix[8 : 8 + n]
+    _check_depth(text, file)
     try:
-        raw = json.loads(prefix[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InvalidHeaderError(f"{file}: header is not valid JSON ({err})") from err
+        raw = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or an int past Python's digit limit
+        raise InvalidHeaderError(f"{file}: header is not valid JSON ({type(err).__name__}: {str(err)[:200]})") from err
     if not isinstance(raw, dict):
         raise InvalidHeaderError(f"{file}: header is a JSON {type(raw).__name__}, not an object")
     metadata = raw.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise InvalidHeaderError(f"{file}: __metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidHeaderError(f"{file}: __metadata__ is not an object of strings")
+    for key in (*metadata, *metadata.values()):
+        _check_text(key, "__metadata__", file)
     data_start = 8 + n
     entries = sorted(
         (_entry(name, spec, data_start, file) for name, spec in raw.items()),
@@ -175,7 +188,7 @@ def parse_header(prefix: bytes, file_size: int, file: str = "") -> SafetensorsHe
             raise OverlappingTensorsError(
                 f"{file}: tensors {left.name!r} and {right.name!r} overlap"
             )
-    return SafetensorsHeader(file, file_size, data_start, tuple(entries), {str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsHeader(file, file_size, data_start, tuple(entries), dict(metadata))
 
 
 def header_length(first8: bytes, file_size: int, file: str = "") -> int:
@@ -191,22 +204,23 @@ def header_length(first8: bytes, file_size: int, file: str = "") -> int:
 
 
 def _entry(name: str, spec: object, data_start: int, file: str) -> TensorEntry:
+    _check_text(name, "tensor name", file)
     if not isinstance(spec, dict):
         raise InvalidHeaderError(f"{file}: entry {name!r} is not an object")
     dtype = spec.get("dtype")
     shape = spec.get("shape")
     offsets = spec.get("data_offsets")
-    if dtype not in DTYPES:
-        raise InvalidHeaderError(f"{file}: tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidHeaderError(f"{file}: tensor {name!r} has invalid shape {shape!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise InvalidHeaderError(f"{file}: tensor {name!r} has unknown dtype {_short(dtype)}")
     if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-        or offsets[0] > offsets[1]
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(_is_int64(d) for d in shape)
+        or math.prod(d for d in shape if d) > INT64_MAX
     ):
-        raise TensorOutOfRangeError(f"{file}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise InvalidHeaderError(f"{file}: tensor {name!r} has invalid shape {_short(shape)} (at most {MAX_DIMS} non-negative int64 dims)")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int64(o) for o in offsets) or offsets[0] > offsets[1]:
+        raise TensorOutOfRangeError(f"{file}: tensor {name!r} has invalid data_offsets {_short(offsets)}")
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if offsets[1] - offsets[0] != expected:
         raise TensorOutOfRangeError(
@@ -214,6 +228,35 @@ def _entry(name: str, spec: object, data_start: int, file: str) -> TensorEntry:
             f"its offsets span {offsets[1] - offsets[0]}"
         )
     return TensorEntry(name, dtype, tuple(shape), file, data_start + offsets[0], data_start + offsets[1])
+
+
+def _is_int64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
+
+
+def _check_text(text: str, what: str, file: str) -> None:
+    """Names end up in Parquet: a lone surrogate (``"\\ud800"`` in JSON) is valid JSON but not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidHeaderError(f"{file}: {what} {text!r} is not valid UTF-8 ({err.reason})") from err
+
+
+def _check_depth(text: bytes, file: str) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH before parsing it: the format needs 3 levels,
+    and a deep one would exhaust the parser's recursion (brackets inside strings do not count)."""
+    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", text)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            raise InvalidHeaderError(f"{file}: header JSON is nested deeper than {MAX_DEPTH} levels")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_header(source: ByteSource, file: str = "") -> SafetensorsHeader:
