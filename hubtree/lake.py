@@ -266,6 +266,11 @@ class Lake:
         with self.fs.open(_fs_path(self, path), "rb") as handle:
             return handle.read()
 
+    def blobs(self, kind: str) -> dict[str, str]:
+        """The committed blobs of ``kind``: key -> path, sorted by key (a model id sorts by its fit time)."""
+        rows = self.query("SELECT key, path FROM blobs WHERE kind = ? ORDER BY key", [kind]).to_pylist()
+        return {r["key"]: r["path"] for r in rows}
+
     # -- upkeep ----------------------------------------------------------------
     def snapshots(self) -> pa.Table:
         """Every snapshot, oldest first: id, time, stage, run id."""

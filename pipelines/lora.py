@@ -277,7 +277,7 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
 
 def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, DsireModel, set[str]]:
     """(id, model, its training adapters): ``model_id`` or the latest fit."""
-    found = {r["key"]: r["path"] for r in lake.query("SELECT key, path FROM blobs WHERE kind = 'dsire' ORDER BY key").to_pylist()}
+    found = lake.blobs("dsire")
     if not found:
         raise LakeError(f"no DSiRe model in {lake.url}: run `hubtree dsire fit --lake {lake.url} --labels CSV` first")
     model_id = model_id or list(found)[-1]
