@@ -33,7 +33,7 @@ import numpy as np
 
 from hubtree.ops.hub.catalog import catalog_repo
 from hubtree.ops.trees.families import architecture_signature, distance_vector, output_projections, square_attention_layers
-from hubtree.ops.weights.layer_stats import layer_stats
+from hubtree.ops.weights.layer_stats import batch_layer_stats, layer_stats
 from hubtree.ops.hub.local import LocalHub
 from hubtree.ops.trees.mother import Models, TreeEdge, TreeScores, TrueTree, evaluate, plain_mother, recover_trees
 from hubtree.ops.weights.safetensors_reader import as_float_tensor, read_tensor
@@ -62,7 +62,7 @@ def load_hub(hub_dir: Path, width: int = 512, seed: int = 0) -> HubModels:
     float16 copy); adapters have no square attention layers, so only their declared edge comes back.
     """
     hub = LocalHub(hub_dir)
-    cols: dict[str, list] = {k: [] for k in ("ids", "signature", "vectors", "kurtosis", "created_at", "quantized")}
+    cols: dict[str, list] = {k: [] for k in ("ids", "signature", "vectors", "kurtosis", "created_at", "quantized", "norm", "rank")}
     declared, layers, sizes = [], [], {}
     for ref in hub.list_repos():
         cat = catalog_repo(hub, ref)
@@ -81,6 +81,9 @@ def load_hub(hub_dir: Path, width: int = 512, seed: int = 0) -> HubModels:
         cols["kurtosis"].append(sum(layer_stats(t).kurtosis for n, t in zip(names, tensors) if n in output_projections(names)))
         cols["created_at"].append(cat.record.created_at.timestamp() if cat.record.created_at else np.nan)
         cols["quantized"].append(any(entries[n].dtype not in ("F32", "F64") for n in names))
+        cols["norm"].append(float(np.sqrt(sum(float(t.double().square().sum()) for t in tensors))))
+        cols["rank"].append(sum(s.entropy_effective_rank for s in batch_layer_stats(dict(zip(names, tensors)), "cpu").values()))
+    cols["norm"], cols["rank"] = np.array(cols["norm"]), np.array(cols["rank"])
     return HubModels(Models(**cols, layer_sizes=sizes), declared, layers)
 
 
