@@ -17,7 +17,7 @@ Hugging Face Trainer:
 
 all with AdamW (no decay on biases and LayerNorms), linear warmup over 10% of the steps
 then linear decay, gradient clipping at 1, learning rates drawn in 1e-5..5e-5 (LoRA
-1e-4..3e-4), weight decay drawn from {0, 0.01, 0.1}, 1-3 epochs over 48-160 examples of
+1e-4..3e-4), weight decay drawn from {0, 0.01, 0.1}, 1-3 epochs over 24-96 examples of
 docstrings of this machine's Python (``hubtree.ops.zoo.text``), topics drawn per model.
 
 The truth goes beside the hub (``truth.json``), with each model's recipe and regime.
@@ -77,12 +77,12 @@ class RealisticSpec:
     great_grandchildren: int = 1  # per family: one grandchild gets a child of its own
     adapters: int = 2  # PEFT adapters of the first base
     recipes: tuple[str, ...] = RECIPES
-    examples: tuple[int, int] = (48, 160)
+    examples: tuple[int, int] = (24, 96)
     epochs: tuple[int, int] = (1, 3)
     lr: tuple[float, float] = (1e-5, 5e-5)
     lora_lr: tuple[float, float] = (1e-4, 3e-4)
     weight_decay: tuple[float, ...] = (0.0, 0.01, 0.1)
-    batch_size: int = 16
+    batch_size: int = 8
     seq_len: int = 32
     max_steps: int | None = None  # cap on optimizer steps per model (the tiny zoo's)
     declared_fraction: float = 0.4
@@ -110,7 +110,7 @@ class Recipe:
     lr: float
     weight_decay: float
     warmup_ratio: float = 0.1
-    batch_size: int = 16
+    batch_size: int = 8
 
 
 @dataclass
