@@ -141,6 +141,7 @@ class MotherOptions:
     lam: float = 0.5  # MoTHer's lambda: the price of an edge against the direction rule, in typical steps
     beta: float = 0.5  # the price of an edge turning back towards its parent's parent, in typical steps
     rounds: int = 3  # at most this many trees; it stops early once the tree repeats
+    drift: bool = True  # later rounds remove the family's mean fine-tuning step (False: MoTHer's distances)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> Fam
             break
         if fam.placeholders.any():
             x = _recentre(x, parent, np.nonzero(fam.placeholders)[0])
-        drift = _mean_step(x, parent, fam.steps)
+        drift = _mean_step(x, parent, fam.steps) if opt.drift else drift
     distance = np.where(edge >= 0, d[np.maximum(edge, 0)], np.nan)
     return FamilyTree(parent, _margins(m, c, cost, edge, fam.free, s), distance)
 
@@ -364,6 +365,7 @@ def recover_trees(
     rounds: int = 3,
     all_pairs_max: int = 2000,
     default_rule: DirectionRule = PRETRAINED_RULE,
+    drift: bool = True,
 ) -> Trees:
     """Every model's family and parent: declared edges as given, weights and priors for the rest.
 
@@ -375,7 +377,7 @@ def recover_trees(
     Args:
         models: every repo with weights (see ``Models``).
         declared: the lake's ``declared_edges`` rows, as they are (cleaned here).
-        k, lam, beta, rounds: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
+        k, lam, beta, rounds, drift: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
         default_rule: the direction rule when no declared edge joins two models of a family.
     """
     graph = declared_graph(declared, known=models.ids, created_at=dict(zip(models.ids, models.created_at.tolist())))
@@ -387,7 +389,7 @@ def recover_trees(
     members_of = _group(family[unique], unique)
     rules = _direction_rules(models, parents, index, rep, family, witnesses, members_of, default_rule, k)
     ghosts_of = _placeholders(graph, parents, index, family)
-    options = MotherOptions(k, lam, beta, rounds)
+    options = MotherOptions(k, lam, beta, rounds, drift)
     edges, reports = [], []
     for f, direction in enumerate(rules):
         members, rule = members_of[f], direction.rule
