@@ -57,7 +57,7 @@ def zoo(out: Path, seed: int, scale: int, realistic: bool) -> None:
     and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
     families, the hidden base, adapters' dataset sizes), which is never inside the hub.
     With --realistic the families are fine-tunes of a real sentence encoder
-    (sentence-transformers losses, masked-LM, LoRA; ~15-25 min on 2 cores), and
+    (sentence-transformers losses, masked-LM, LoRA; ~5 min of CPU), and
     truth.json says each model's recipe and regime.
     """
     started = time.perf_counter()
