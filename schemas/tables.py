@@ -170,7 +170,8 @@ FAMILIES = _table(
     pa.field("family_id", pa.int64(), nullable=False),  # -1: a declared parent with no weights and no family
     pa.field("assigned_by", pa.string()),  # weights | declared | duplicate
     pa.field("signature", pa.string()),  # the architecture block
-    pa.field("direction_rule", pa.string()),  # which kurtosis rule this family's tree used, and from what evidence
+    pa.field("direction_rule", pa.string()),  # which witness and sign this family's tree used, from what evidence, conflicts
+    pa.field("direction_confidence", pa.float64()),  # [0, 1]: how clearly the evidence chose that rule
 )
 
 TREE_EDGES = pa.schema(
