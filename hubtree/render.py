@@ -78,6 +78,18 @@ def tree_svg(edges: list[DrawnEdge], title: str = "") -> str:
     return "\n".join(parts)
 
 
+LEGEND = (
+    "<p class='legend'><b>Legend</b>: solid blue = declared on the hub; dashed red = recovered from the weights; "
+    "grey = duplicate; line width = confidence; hover a node or edge for its full name and numbers.</p>"
+)
+
+
+def tree_page(edges: list[DrawnEdge], title: str) -> str:
+    """A standalone HTML page for one tree, with its legend."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif'>{LEGEND}{tree_svg(edges, title)}</body></html>")
+
+
 def histogram_svg(values: list[float], title: str, bins: int = 30, width: int = 420, height: int = 180) -> str:
     """Counts of ``values`` in equal bins, with the range on the axis."""
     values = [v for v in values if v is not None and math.isfinite(v)]

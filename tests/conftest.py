@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# hubtree's own Prefect home (and local server state) for this session, never the user's ~/.hubtree.
+os.environ["HUBTREE_HOME"] = tempfile.mkdtemp(prefix="hubtree-home-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Test hubs live on 127.0.0.1: a stalled request is one that takes over 3 s. Set before
 # Ray starts, so its workers see it too.
