@@ -11,7 +11,6 @@ from hubtree.cli import main
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
 from hubtree.ops.trees.lineage import lineage
-from hubtree.schemas.tables import FAMILIES, TREE_EDGES
 
 # base -> ft1 -> ft1-q ; base -> ft2 ; other family: solo
 EDGES = [
@@ -27,12 +26,11 @@ RULE = "kurtosis falls parent -> child (from 1 declared edge in this family)"
 @pytest.fixture
 def lake(tmp_path):
     the_lake = Lake(str(tmp_path / "lake"))
-    edges = [{"child_repo_id": c, "parent_repo_id": p, "family_id": f, "source": s, "relation": r, "confidence": k,
-              "run_id": "t", "batch_id": ""} for c, p, f, s, r, k in EDGES]
-    families = [{"repo_id": c, "revision": "x", "family_id": f, "assigned_by": "weights", "direction_rule": RULE if f == 0 else "default",
-                 "run_id": "t", "batch_id": ""} for c, _, f, *_ in EDGES]
-    the_lake.commit("trees", "t", {"tree_edges": pa.Table.from_pylist(edges, schema=TREE_EDGES),
-                                   "families": pa.Table.from_pylist(families, schema=FAMILIES)})
+    edges = [{"child_repo_id": c, "parent_repo_id": p, "family_id": f, "source": s, "relation": r, "confidence": k}
+             for c, p, f, s, r, k in EDGES]
+    families = [{"repo_id": c, "revision": "x", "family_id": f, "assigned_by": "weights", "direction_rule": RULE if f == 0 else "default"}
+                for c, _, f, *_ in EDGES]
+    the_lake.commit("trees", "t", {"tree_edges": edges, "families": families})
     return the_lake.url
 
 
