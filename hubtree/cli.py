@@ -391,7 +391,7 @@ def tree(lake: str, family_id: int | None, repo: str | None, out: Path) -> None:
     """Draw or export one family's tree: declared edges solid, recovered dashed, width = confidence."""
     from hubtree import api
     from hubtree.render import tree_page, tree_svg
-    from hubtree.report import family_edges
+    from hubtree.report import family_edges, without_weights
 
     if (family_id is None) == (repo is None):
         raise click.UsageError("give --family ID or --repo REPO")
@@ -407,9 +407,9 @@ def tree(lake: str, family_id: int | None, repo: str | None, out: Path) -> None:
     if out.suffix in (".json", ".graphml"):
         api.write_family_graph(the_lake, family_id, out)
     elif out.suffix == ".svg":
-        out.write_text(tree_svg(edges, title))
+        out.write_text(tree_svg(edges, title, without_weights(the_lake)))
     else:
-        out.write_text(tree_page(edges, title))
+        out.write_text(tree_page(edges, title, without_weights(the_lake)))
     click.echo(f"tree: {out} ({len(edges)} edges)")
 
 
