@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from hubtree.errors import HubError, HubUnavailableError
-from hubtree.ops.hub.source import HubSource
+
+if TYPE_CHECKING:  # the sources import torch (14 s on a busy machine): not for check_hub's fast errors
+    from hubtree.ops.hub.source import HubSource
 
 DEFAULT_HUB = "https://huggingface.co"
 
