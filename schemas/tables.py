@@ -106,6 +106,8 @@ CRAWL_RUNS = _table(
     pa.field("cdn_requests", pa.int64()),  # ranges sent to the signed URLs resolves redirect to (no bucket)
     pa.field("bytes_fetched", pa.int64()),
     pa.field("weights_bytes", pa.int64()),
+    pa.field("flow_run_id", pa.string()),  # Prefect's flow run (a stage's own subflow run)
+    pa.field("root_flow_run_id", pa.string()),  # the run it belongs to (`hubtree run`'s flow run)
     keyed=False,
 )
 
