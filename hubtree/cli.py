@@ -49,17 +49,24 @@ def main() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed for data, init and training: same seed, same bytes.")
 @click.option("--scale", default=1, show_default=True, help="Multiplies the number of families and fine-tunes.")
-def zoo(out: Path, seed: int, scale: int) -> None:
+@click.option("--labelled", is_flag=True, help="A labelled zoo instead: per family one base and 40 fine-tunes, each on a random subset of the family's named datasets.")
+def zoo(out: Path, seed: int, scale: int, labelled: bool) -> None:
     """Train a local hub of small transformer LMs with known ground truth.
 
     Writes OUT/hub (a folder in Hub layout: families of fine-tunes, LoRA merges
     and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
     families, the hidden base, adapters' dataset sizes), which is never inside the hub.
+    With --labelled: families whose fine-tunes differ in datasets (multi-hot labels),
+    learning rate and length; half the cards name their datasets, truth.json has every
+    model's datasets and each dataset's description (for ProbeX and search).
     """
     from hubtree.ops.zoo.build import build_zoo
+    from hubtree.ops.zoo.labelled import build_labelled_zoo
 
     started = time.perf_counter()
-    truth = build_zoo(out, seed=seed, scale=scale)
+    if labelled and scale != 1:
+        raise click.UsageError("--scale is for the default zoo; a labelled zoo has one size")
+    truth = build_labelled_zoo(out, seed=seed) if labelled else build_zoo(out, seed=seed, scale=scale)
     published = sum(m.published for m in truth.models.values())
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
@@ -452,9 +459,12 @@ def _print_summary(summary: dict) -> None:
 
 
 from hubtree.cli_lora import dsire, lora  # noqa: E402  (their own module: the LoRA verbs)
+from hubtree.cli_probex import probex, search  # noqa: E402  (their own module: ProbeX and search)
 
 main.add_command(lora)
 main.add_command(dsire)
+main.add_command(probex)
+main.add_command(search)
 
 
 if __name__ == "__main__":
