@@ -1,13 +1,9 @@
 """``hubtree probex`` and ``hubtree search``: what models were trained on, and finding them by text (flows in ``pipelines/probex.py``)."""
 from __future__ import annotations
 
-import os
-
 import click
 
-
-def _absolute(location: str) -> str:
-    return location if "://" in location else os.path.abspath(location)
+from hubtree.cli_lora import _absolute
 
 
 @click.group()

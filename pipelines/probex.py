@@ -16,7 +16,6 @@ models by a query with ``ops.text.search``.
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 import time
 from collections import Counter, defaultdict
@@ -25,11 +24,9 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from ray.util import ActorPool
 
 from hubtree.errors import HubtreeError, LakeError
 from hubtree.lake import Lake
@@ -37,10 +34,10 @@ from hubtree.ops.hub.card_labels import Label, card_labels, label_text, read_lab
 from hubtree.ops.text.encoder import text_encoder
 from hubtree.ops.text.search import Hit, rank
 from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, fit_expert
-from hubtree.pipelines.ray_runtime import actor_options, ensure_ray, worker_count
+from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES
+from hubtree.pipelines.ray_runtime import WorkerPool, actor_options, actor_pool
 from hubtree.pipelines.run_log import begin_run, record_run
-from hubtree.pipelines.stats import FLOAT_DTYPES, ModelUnit, StatsSettings, StatsWorker
-from hubtree.schemas.tables import MODEL_LABELS, PROBEX_EMBEDDINGS
+from hubtree.pipelines.stats import ModelUnit, StatsSettings, StatsWorker
 
 MODELS_DIR = "models/probex"
 MIN_LABELLED = 8  # labelled members a family needs for an expert (6 to train, 2 to choose the layer)
@@ -106,7 +103,8 @@ def plan_families(lake: Lake, labels: list[Label], layers: str | None, min_label
         if not shared:
             plan.problem = "its labelled members share no 2-D floating tensor of one name and shape"
             continue
-        picks = sorted({round(i * (len(shared) - 1) / max(1, max_layers - 1)) for i in range(min(max_layers, len(shared)))})
+        k = min(max_layers, len(shared))
+        picks = sorted({round(i * (len(shared) - 1) / max(1, k - 1)) for i in range(k)})
         plan.layers = {shared[i]: first[shared[i]] for i in picks}
         if plan.root and any(by_repo[plan.root].get(n, (None, None))[1] != first[n][1] for n in plan.layers):
             plan.root = None  # a root of another shape cannot centre these layers: the members' mean will
@@ -120,7 +118,7 @@ def _unit(repo_id: str, revision: str, hub: str, layers: dict[str, tuple[str, tu
     return ModelUnit(repo_id, revision, hub, dict(files), sum(4 * int(np.prod(s)) for _, s in layers.values()))
 
 
-def _read(pool: ActorPool, units: list[ModelUnit], fn) -> tuple[dict[str, object], dict[str, str], int]:
+def _read(pool: WorkerPool, units: list[ModelUnit], fn) -> tuple[dict[str, object], dict[str, str], int]:
     """``fn`` of each unit's tensors, computed on the actors: (repo -> result, repo -> error, bytes read)."""
     out, errors, nbytes = {}, {}, 0
     for unit, result, error, read in pool.map_unordered(lambda actor, u: actor.map_tensors.remote(u, fn), units):
@@ -181,65 +179,54 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
         for label in labels:
             by_repo[label.repo_id].append(label)
         descriptions = {label.label: label.description for label in labels if label.description}
-        ensure_ray(ray_address)
-        actors = [StatsWorker.options(**actor_options()).remote(StatsSettings(), hub) for _ in range(worker_count())]
-        pool = ActorPool(actors)
-        for plan in ready:
-            tic = time.perf_counter()
-            wanted = plan.labelled + ([plan.root] if plan.root and plan.root not in plan.labelled else [])
-            read, errors, nbytes = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
-            base = read.pop(plan.root, None) if plan.root not in plan.labelled else read.get(plan.root)
-            seconds["read"] += time.perf_counter() - tic
-            summary["bytes_fetched"] += nbytes
-            repos = sorted(read)
-            names = sorted(Counter(l.label for r in repos for l in by_repo[r]))
-            # A label every labelled member has (or lacks but one) cannot be learned or checked: left out.
-            names = [n for n in names if 2 <= sum(any(l.label == n for l in by_repo[r]) for r in repos) <= len(repos) - 2]
-            if errors:
-                logger.info("family %d: %d labelled members unreadable (first: %s: %s)", plan.family_id, len(errors), *next(iter(errors.items())))
-            if len(repos) < min_labelled or not names:
-                why = f"{len(repos)} readable labelled members" if len(repos) < min_labelled else "no label is both present and absent in 2+ members"
-                summary["skipped"][plan.family_id] = why
-                logger.info("family %d: no expert: %s", plan.family_id, why)
-                continue
-            tic = time.perf_counter()
-            y = torch.tensor([[float(any(l.label == n for l in by_repo[r])) for n in names] for r in repos])
-            texts = [label_text(n, descriptions.get(n)) for n in names]
-            layer_stack = {name: torch.stack([read[r][name] for r in repos]) for name in plan.layers}
-            expert, scores = fit_expert(layer_stack, y, names, texts, text_encoder().embed(texts), base, settings)
-            seconds["fit"] += time.perf_counter() - tic
-            prefix = f"family{plan.family_id}/"
-            arrays |= expert.to_arrays(prefix) | {f"{prefix}train_repos": np.array(repos)}
-            summary["experts"][plan.family_id] = {"layer": expert.layer, "base": plan.root if base else None, "val_accuracy": expert.val_accuracy, "labels": len(names),
-                                                  "members": len(repos), "layers_tried": scores}
-            logger.info("family %d: expert on %s (validation accuracy %.3f over %d layers), %d labels, %d members",
-                        plan.family_id, expert.layer, expert.val_accuracy, len(scores), len(names), len(repos))
-        for actor in actors:
-            ray.kill(actor)
+        with actor_pool(_worker(hub), sum(len(p.labelled) for p in ready), ray_address) as pool:
+            for plan in ready:
+                tic = time.perf_counter()
+                wanted = plan.labelled + ([plan.root] if plan.root and plan.root not in plan.labelled else [])
+                read, errors, nbytes = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
+                base = read.pop(plan.root, None) if plan.root not in plan.labelled else read.get(plan.root)
+                seconds["read"] += time.perf_counter() - tic
+                summary["bytes_fetched"] += nbytes
+                repos = sorted(read)
+                names = sorted(Counter(l.label for r in repos for l in by_repo[r]))
+                # A label every labelled member has (or lacks but one) cannot be learned or checked: left out.
+                names = [n for n in names if 2 <= sum(any(l.label == n for l in by_repo[r]) for r in repos) <= len(repos) - 2]
+                if errors:
+                    logger.info("family %d: %d labelled members unreadable (first: %s: %s)", plan.family_id, len(errors), *next(iter(errors.items())))
+                if len(repos) < min_labelled or not names:
+                    why = f"{len(repos)} readable labelled members" if len(repos) < min_labelled else "no label is both present and absent in 2+ members"
+                    summary["skipped"][plan.family_id] = why
+                    logger.info("family %d: no expert: %s", plan.family_id, why)
+                    continue
+                tic = time.perf_counter()
+                y = torch.tensor([[float(any(l.label == n for l in by_repo[r])) for n in names] for r in repos])
+                texts = [label_text(n, descriptions.get(n)) for n in names]
+                layer_stack = {name: torch.stack([read[r][name] for r in repos]) for name in plan.layers}
+                expert, scores = fit_expert(layer_stack, y, names, texts, text_encoder().embed(texts), base, settings)
+                seconds["fit"] += time.perf_counter() - tic
+                prefix = f"family{plan.family_id}/"
+                arrays |= expert.to_arrays(prefix) | {f"{prefix}train_repos": np.array(repos)}
+                summary["experts"][plan.family_id] = {"layer": expert.layer, "base": plan.root if base else None, "val_accuracy": expert.val_accuracy, "labels": len(names),
+                                                      "members": len(repos), "layers_tried": scores}
+                logger.info("family %d: expert on %s (validation accuracy %.3f over %d layers), %d labels, %d members",
+                            plan.family_id, expert.layer, expert.val_accuracy, len(scores), len(names), len(repos))
     if summary["experts"]:
         model_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         known = [[l.repo_id, l.label, l.description or ""] for l in labels if l.repo_id in in_lake]
         arrays |= {"families": np.array(sorted(summary["experts"]), dtype=np.int64), "known": np.array(known).reshape(-1, 3)}
         summary["model_id"] = model_id
-        summary["path"] = _save(the_lake, model_id, run_id, arrays)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        summary["path"] = the_lake.write_blob(f"{MODELS_DIR}/{model_id}.npz", buf.getvalue())
     summary["seconds"] = seconds
     record_run(the_lake, "probex-fit", run_id, params, started, "completed",
                {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), "bytes_fetched": summary["bytes_fetched"]})
     return summary
 
 
-def _save(lake: Lake, model_id: str, run_id: str, arrays: dict[str, np.ndarray]) -> str:
-    """The fit as one npz under ``models/probex/``, staged then renamed into place."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    final = f"{lake.root}/{MODELS_DIR}/{model_id}.npz"
-    staged = f"{lake.root}/_staging/probex-{run_id}.npz"
-    lake.fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    with lake.fs.open(staged, "wb") as handle:
-        handle.write(buf.getvalue())
-    lake.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    lake.fs.mv(staged, final)
-    return final
+def _worker(hub: str | None):
+    """How ``actor_pool`` makes one reader: the stats stage's actor (it reads tensors by range)."""
+    return lambda n: StatsWorker.options(**actor_options()).remote(StatsSettings(), hub)
 
 
 @dataclass
@@ -255,16 +242,13 @@ class ProbexModel:
 
 def load_probex_model(lake: Lake, model_id: str | None = None) -> ProbexModel:
     """``model_id`` or the latest fit in the lake."""
-    folder = f"{lake.root}/{MODELS_DIR}"
-    found = sorted(lake.fs.glob(f"{folder}/*.npz")) if lake.fs.exists(folder) else []
-    if not found:
+    ids = [name.removesuffix(".npz") for name in lake.blobs(MODELS_DIR, ".npz")]
+    if not ids:
         raise LakeError(f"no ProbeX model in {lake.url}: run `hubtree probex fit --lake {lake.url}` first")
-    ids = [posixpath.basename(p).removesuffix(".npz") for p in found]
     model_id = model_id or ids[-1]
     if model_id not in ids:
         raise LakeError(f"no ProbeX model {model_id!r} in {lake.url} (have: {', '.join(ids)})")
-    with lake.fs.open(f"{folder}/{model_id}.npz", "rb") as handle:
-        arrays = dict(np.load(io.BytesIO(handle.read()), allow_pickle=False))
+    arrays = dict(np.load(io.BytesIO(lake.read_blob(f"{MODELS_DIR}/{model_id}.npz")), allow_pickle=False))
     families = [int(f) for f in arrays["families"]]
     experts = {f: ProbexExpert.from_arrays(arrays, f"family{f}/") for f in families}
     train = {f: [str(r) for r in arrays[f"family{f}/train_repos"]] for f in families}
@@ -295,50 +279,52 @@ def probex_predict_flow(lake: str, model: str | None = None, hub: str | None = N
         by_family[m["family_id"]].setdefault(m["repo_id"], {"revision": m["revision"], "hub": m["hub"], "layers": {}})["layers"][m["name"]] = (m["file"], tuple(m["shape"]))
     labels_rows, embedding_rows, skipped = [], [], []
     seconds = {"read": 0.0, "predict": 0.0}
-    ensure_ray(ray_address)
-    actors = [StatsWorker.options(**actor_options()).remote(StatsSettings(), hub) for _ in range(worker_count())]
-    pool = ActorPool(actors)
     bytes_fetched = 0
-    for fit_family, expert in sorted(fitted.experts.items()):
-        # Family ids are renumbered by each trees run: the expert's family is where its training models are now.
-        homes = Counter(f for f, repos in by_family.items() for r in fitted.train[fit_family] if r in repos)
-        if not homes:
-            logger.info("expert of family %d: none of its training models is in a family now; skipped", fit_family)
-            continue
-        family_id = homes.most_common(1)[0][0]
-        units = []
-        for repo_id, m in sorted(by_family[family_id].items()):
-            layer = m["layers"].get(expert.layer)
-            if layer is None or layer[1] != expert.shape:
-                skipped.append(repo_id)
-                continue
-            units.append(_unit(repo_id, m["revision"], m["hub"], {expert.layer: layer}))
-        tic = time.perf_counter()
-        z, errors, nbytes = _read(pool, units, partial(_responses, {k: v for k, v in fitted.arrays.items() if k.startswith(f"family{fit_family}/")}, f"family{fit_family}/"))
-        seconds["read"] += time.perf_counter() - tic
-        bytes_fetched += nbytes
-        skipped += sorted(errors)
-        if not z:
-            continue
-        tic = time.perf_counter()
-        repos = sorted(z)
-        scores, reps = expert.predict(torch.stack([z[r] for r in repos]))
-        seconds["predict"] += time.perf_counter() - tic
-        revision = {r: by_family[family_id][r]["revision"] for r in repos}
-        for i, repo_id in enumerate(repos):
-            key = {"repo_id": repo_id, "revision": revision[repo_id], "family_id": family_id, "expert": fitted.model_id, "run_id": run_id, "batch_id": ""}
-            labels_rows += [{**key, "label": label, "score": float(s)} for label, s in zip(expert.labels, scores[i].tolist())]
-            embedding_rows.append({**key, "layer": expert.layer, "embedding": reps[i].tolist()})
-    for actor in actors:
-        ray.kill(actor)
-    the_lake.commit("probex", run_id, {"model_labels": pa.Table.from_pylist(labels_rows, schema=MODEL_LABELS),
-                                       "probex_embeddings": pa.Table.from_pylist(embedding_rows, schema=PROBEX_EMBEDDINGS)}, day=started.date())
+    with actor_pool(_worker(hub), sum(len(v) for v in by_family.values()), ray_address) as pool:
+        for fit_family, expert in sorted(fitted.experts.items()):
+            bytes_fetched += _predict_family(pool, fitted, fit_family, expert, by_family, labels_rows, embedding_rows, skipped, seconds)
+    the_lake.commit("probex", run_id, {"model_labels": labels_rows, "probex_embeddings": embedding_rows}, day=started.date())
     record_run(the_lake, "probex", run_id, params, started, "completed",
                {"repos_crawled": len(embedding_rows), "repos_skipped": len(skipped), "bytes_fetched": bytes_fetched})
     if skipped:
         logger.info("%d models skipped: the expert's layer is missing, of another shape, or unreadable (first: %s)", len(skipped), skipped[0])
     return {"run_id": run_id, "status": "completed", "model_id": fitted.model_id, "models": len(embedding_rows),
             "labels": len(labels_rows), "skipped": skipped, "seconds": seconds, "bytes_fetched": bytes_fetched}
+
+
+def _predict_family(pool: WorkerPool, fitted: ProbexModel, fit_family: int, expert: ProbexExpert, by_family: dict,
+                    labels_rows: list, embedding_rows: list, skipped: list, seconds: dict) -> int:
+    """Read the expert's layer of every member of its family, score and embed them; returns bytes read."""
+    logger = get_run_logger()
+    # Family ids are renumbered by each trees run: the expert's family is where its training models are now.
+    homes = Counter(f for f, repos in by_family.items() for r in fitted.train[fit_family] if r in repos)
+    if not homes:
+        logger.info("expert of family %d: none of its training models is in a family now; skipped", fit_family)
+        return 0
+    family_id = homes.most_common(1)[0][0]
+    units = []
+    for repo_id, m in sorted(by_family[family_id].items()):
+        layer = m["layers"].get(expert.layer)
+        if layer is None or layer[1] != expert.shape:
+            skipped.append(repo_id)
+            continue
+        units.append(_unit(repo_id, m["revision"], m["hub"], {expert.layer: layer}))
+    tic = time.perf_counter()
+    z, errors, nbytes = _read(pool, units, partial(_responses, {k: v for k, v in fitted.arrays.items() if k.startswith(f"family{fit_family}/")}, f"family{fit_family}/"))
+    seconds["read"] += time.perf_counter() - tic
+    skipped += sorted(errors)
+    if not z:
+        return nbytes
+    tic = time.perf_counter()
+    repos = sorted(z)
+    scores, reps = expert.predict(torch.stack([z[r] for r in repos]))
+    seconds["predict"] += time.perf_counter() - tic
+    revision = {r: by_family[family_id][r]["revision"] for r in repos}
+    for i, repo_id in enumerate(repos):
+        key = {"repo_id": repo_id, "revision": revision[repo_id], "family_id": family_id, "expert": fitted.model_id}
+        labels_rows += [{**key, "label": label, "score": float(s)} for label, s in zip(expert.labels, scores[i].tolist())]
+        embedding_rows.append({**key, "layer": expert.layer, "embedding": reps[i].tolist()})
+    return nbytes
 
 
 # ----------------------------------------------------------------------------- search

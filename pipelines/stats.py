@@ -116,7 +116,7 @@ class StatsWorker:
         ref = RepoRef(unit.repo_id, unit.revision)
         tensors, nbytes = {}, 0
         try:
-            source = self._hub(self.hub_override or unit.hub)
+            source = self.hubs.get(self.hub_override or unit.hub)
             for file, names in unit.files.items():
                 handle = source.open_file(ref, file)
                 try:
