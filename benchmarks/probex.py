@@ -4,7 +4,7 @@ Each zoo (``hubtree zoo --labelled``, seed S) is crawled into a lake and run thr
 trees. The fine-tunes whose cards name their datasets are the labelled models (``probex fit
 --labels`` gets them with the datasets' descriptions); the others are held out: their cards say
 nothing, and every score below is on them. Baselines get the same split and choose their layer
-on the same validation split of the labelled models:
+by the same cross-validation folds of the labelled models:
   - fingerprint: the stats stage's untrained probe features (fixed random U, V) + a logistic head;
   - dense: ridge regression on the flattened layer (centred on the labelled models' mean),
     threshold 0.5; also the best layer on the held-out models themselves (an oracle);
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from hubtree.lake import Lake
-from hubtree.ops.weights.probex import split
+from hubtree.ops.weights.probex import ProbexSettings, folds
 from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.zoo.build import load_truth
 from hubtree.ops.zoo.labelled import DATA_ORG, build_labelled_zoo, labels_csv
@@ -90,9 +90,14 @@ def ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, lam: float = 1e-3) -
 
 
 def choose_layer(features: dict[str, tuple[np.ndarray, np.ndarray]], y: np.ndarray, head, seed: int = 0) -> tuple[str, np.ndarray]:
-    """The layer whose head, fitted on a split of the labelled models, labels the rest best; then refitted on all."""
-    train, val = (t.numpy() for t in split(len(y), 0.25, seed))
-    best = max(features, key=lambda n: (metrics(head(features[n][0][train], y[train], features[n][0][val]), y[val])["acc"]))
+    """The layer whose head labels the labelled models best in ProbeX's cross-validation folds; then refitted on all."""
+    splits = [(tr.numpy(), va.numpy()) for tr, va in folds(len(y), ProbexSettings.folds, seed)]
+
+    def cv(n: str) -> float:
+        x = features[n][0]
+        return sum(metrics(head(x[tr], y[tr], x[va]), y[va])["acc"] * len(va) for tr, va in splits)
+
+    best = max(features, key=cv)
     return best, head(features[best][0], y, features[best][1])
 
 
@@ -178,7 +183,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="ProbeX epochs per layer (default: ProbexSettings.epochs).")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from hubtree.ops.weights.probex import ProbexSettings
     from hubtree.pipelines.ray_runtime import ensure_ray
 
     ensure_ray(num_cpus=2)

@@ -16,7 +16,7 @@ its family's base B (the tree's root where the lake has it, else the members' me
 weights the family shares do not drown the update, and how far a fine-tune went (its
 learning rate and length, the nuisance of a hub) does not count, only where it went.
 The layer of an expert is the one whose held-out members are labelled best
-(``select_layer``); then the expert is refitted on every labelled member for the best
+in cross-validation (``fit_expert``); then the expert is refitted on every labelled member for the best
 validation epoch count. A query's embedding q reaches the same space through W_t, so
 ``cos(h, W_t q)`` ranks models by text, and a model never labelled is found by its weights.
 """
@@ -45,7 +45,7 @@ class ProbexSettings:
     batch_size: int = 128
     temperature: float = 0.1
     align_weight: float = 1.0
-    val_fraction: float = 0.25
+    folds: int = 4  # cross-validation folds for the layer and epoch choice
     seed: int = 0
 
 
@@ -163,11 +163,11 @@ def label_accuracy(scores: Tensor, y: Tensor) -> float:
     return ((scores >= 0.5).float() == y).float().mean(0).mean().item()
 
 
-def split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded (train, validation) split of n rows, at least one row on each side."""
+def folds(n: int, k: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """A seeded k-fold split of n rows: (train, validation) pairs whose validation rows cover all n once."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    k = min(n - 1, max(1, round(fraction * n)))
-    return order[k:], order[:k]
+    parts = [p for p in order.tensor_split(min(k, n)) if len(p)]
+    return [(torch.cat([q for j, q in enumerate(parts) if j != i]), p) for i, p in enumerate(parts)]
 
 
 def direction(x: Tensor, center: Tensor) -> Tensor:
@@ -178,20 +178,23 @@ def direction(x: Tensor, center: Tensor) -> Tensor:
 
 def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], texts: Sequence[str], text: Tensor,
                base: dict[str, Tensor] | None = None, s: ProbexSettings = ProbexSettings()) -> tuple[ProbexExpert, dict[str, float]]:
-    """The family's expert: each candidate layer (name -> (n, d_H, d_W)) trained on a split of the
-    labelled members and scored on the rest; the best layer refitted on all of them. ``base``
-    holds the family base's layers (else the labelled members' mean stands in for it).
+    """The family's expert: each candidate layer (name -> (n, d_H, d_W)) trained and scored by
+    k-fold cross-validation over the labelled members (a family has few: one small validation
+    split would pick layers and epoch counts by chance); the best layer refitted on all of them
+    for the best mean epoch count. ``base`` holds the family base's layers (else the labelled
+    members' mean stands in for it).
 
-    Returns the expert and every candidate's validation accuracy (the layer choice, shown).
+    Returns the expert and every candidate's cross-validated accuracy (the layer choice, shown).
     """
-    train_rows, val_rows = split(len(y), s.val_fraction, s.seed)
     scores: dict[str, tuple[float, int]] = {}
     centers = {name: base[name].float() if base else x.float().mean(0) for name, x in layers.items()}
+    splits = folds(len(y), s.folds, s.seed)
     for name, x in layers.items():
         xn = direction(x, centers[name])
-        _, history = train_net(xn[train_rows], y[train_rows], text, s, s.epochs, xn[val_rows], y[val_rows])
-        best = int(np.argmax(history))  # the first epoch count at the best accuracy
-        scores[name] = (history[best], best + 1)
+        curves = [np.array(train_net(xn[tr], y[tr], text, s, s.epochs, xn[va], y[va])[1]) * len(va) for tr, va in splits]
+        history = sum(curves) / len(y)
+        best = int(np.argmax(history))  # the first epoch count at the best mean accuracy
+        scores[name] = (float(history[best]), best + 1)
     layer = max(scores, key=lambda n: (scores[n][0], -list(layers).index(n)))
     accuracy, epochs = scores[layer]
     x = layers[layer]
