@@ -175,41 +175,23 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
     arrays: dict[str, np.ndarray] = {}
     seconds = {"read": 0.0, "fit": 0.0}
     if ready:
-        by_repo = defaultdict(list)
+        by_repo: dict[str, list[Label]] = defaultdict(list)
         for label in labels:
             by_repo[label.repo_id].append(label)
         descriptions = {label.label: label.description for label in labels if label.description}
         with actor_pool(_worker(hub), sum(len(p.labelled) for p in ready), ray_address) as pool:
             for plan in ready:
-                tic = time.perf_counter()
-                wanted = plan.labelled + ([plan.root] if plan.root and plan.root not in plan.labelled else [])
-                read, errors, nbytes = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
-                base = read.pop(plan.root, None) if plan.root not in plan.labelled else read.get(plan.root)
-                seconds["read"] += time.perf_counter() - tic
-                summary["bytes_fetched"] += nbytes
-                repos = sorted(read)
-                names = sorted(Counter(l.label for r in repos for l in by_repo[r]))
-                # A label every labelled member has (or lacks but one) cannot be learned or checked: left out.
-                names = [n for n in names if 2 <= sum(any(l.label == n for l in by_repo[r]) for r in repos) <= len(repos) - 2]
-                if errors:
-                    logger.info("family %d: %d labelled members unreadable (first: %s: %s)", plan.family_id, len(errors), *next(iter(errors.items())))
-                if len(repos) < min_labelled or not names:
-                    why = f"{len(repos)} readable labelled members" if len(repos) < min_labelled else "no label is both present and absent in 2+ members"
-                    summary["skipped"][plan.family_id] = why
-                    logger.info("family %d: no expert: %s", plan.family_id, why)
+                fitted, outcome = _fit_family(pool, plan, by_repo, descriptions, settings, min_labelled, seconds)
+                summary["bytes_fetched"] += outcome.pop("bytes_fetched")
+                if fitted is None:
+                    summary["skipped"][plan.family_id] = outcome["why"]
+                    logger.info("family %d: no expert: %s", plan.family_id, outcome["why"])
                     continue
-                tic = time.perf_counter()
-                y = torch.tensor([[float(any(l.label == n for l in by_repo[r])) for n in names] for r in repos])
-                texts = [label_text(n, descriptions.get(n)) for n in names]
-                layer_stack = {name: torch.stack([read[r][name] for r in repos]) for name in plan.layers}
-                expert, scores = fit_expert(layer_stack, y, names, texts, text_encoder().embed(texts), base, settings)
-                seconds["fit"] += time.perf_counter() - tic
-                prefix = f"family{plan.family_id}/"
-                arrays |= expert.to_arrays(prefix) | {f"{prefix}train_repos": np.array(repos)}
-                summary["experts"][plan.family_id] = {"layer": expert.layer, "base": plan.root if base else None, "val_accuracy": expert.val_accuracy, "labels": len(names),
-                                                      "members": len(repos), "layers_tried": scores}
-                logger.info("family %d: expert on %s (validation accuracy %.3f over %d layers), %d labels, %d members",
-                            plan.family_id, expert.layer, expert.val_accuracy, len(scores), len(names), len(repos))
+                arrays |= fitted
+                summary["experts"][plan.family_id] = outcome
+                logger.info("family %d: expert on %s (cross-validated accuracy %.3f over %d layers), %d labels, %d members",
+                            plan.family_id, outcome["layer"], outcome["val_accuracy"], len(outcome["layers_tried"]),
+                            outcome["labels"], outcome["members"])
     if summary["experts"]:
         model_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         known = [[l.repo_id, l.label, l.description or ""] for l in labels if l.repo_id in in_lake]
@@ -222,6 +204,39 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
     record_run(the_lake, "probex-fit", run_id, params, started, "completed",
                {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), "bytes_fetched": summary["bytes_fetched"]})
     return summary
+
+
+def _fit_family(pool: WorkerPool, plan: FamilyPlan, by_repo: dict[str, list[Label]], descriptions: dict[str, str],
+                settings: ProbexSettings, min_labelled: int, seconds: dict) -> tuple[dict[str, np.ndarray] | None, dict]:
+    """Read one family's candidate layers (labelled members and root) and fit its expert.
+
+    Returns (the expert's arrays, what to report), or (None, {"why": ...}) when it cannot have one.
+    """
+    tic = time.perf_counter()
+    wanted = plan.labelled + ([plan.root] if plan.root and plan.root not in plan.labelled else [])
+    read, errors, nbytes = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
+    base = read.pop(plan.root, None) if plan.root not in plan.labelled else read.get(plan.root)
+    seconds["read"] += time.perf_counter() - tic
+    if errors:
+        get_run_logger().info("family %d: %d labelled members unreadable (first: %s: %s)", plan.family_id, len(errors), *next(iter(errors.items())))
+    repos = sorted(read)
+    has = {r: {l.label for l in by_repo[r]} for r in repos}
+    # A label every labelled member has (or lacks but one) cannot be learned or checked: left out.
+    names = sorted(n for n in set().union(*has.values()) if 2 <= sum(n in has[r] for r in repos) <= len(repos) - 2) if repos else []
+    if len(repos) < min_labelled:
+        return None, {"why": f"{len(repos)} readable labelled members; an expert needs at least {min_labelled}", "bytes_fetched": nbytes}
+    if not names:
+        return None, {"why": "no label is both present and absent in 2+ labelled members", "bytes_fetched": nbytes}
+    tic = time.perf_counter()
+    y = torch.tensor([[float(n in has[r]) for n in names] for r in repos])
+    texts = [label_text(n, descriptions.get(n)) for n in names]
+    layer_stack = {name: torch.stack([read[r][name] for r in repos]) for name in plan.layers}
+    expert, scores = fit_expert(layer_stack, y, names, texts, text_encoder().embed(texts), base, settings)
+    seconds["fit"] += time.perf_counter() - tic
+    prefix = f"family{plan.family_id}/"
+    arrays = expert.to_arrays(prefix) | {f"{prefix}train_repos": np.array(repos)}
+    return arrays, {"layer": expert.layer, "base": plan.root if base else None, "val_accuracy": expert.val_accuracy,
+                    "labels": len(names), "members": len(repos), "layers_tried": scores, "bytes_fetched": nbytes}
 
 
 def _worker(hub: str | None):
