@@ -289,4 +289,4 @@ def test_the_mirror_serves_only_its_own_regular_files(tiny_hub, hub_server, tmp_
         response = get(f"{server.url}/org/base/resolve/main/{path}")
         assert response.status_code in (403, 404), path
         assert b"not the hub's" not in response.content
-    assert get(f"{server.url}/org/base/resolve/main/model.safetensors").status_code == 200
+    assert httpx2.get(f"{server.url}/org/base/resolve/main/model.safetensors", follow_redirects=True, timeout=5).status_code == 200  # via its CDN
