@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hubtree.ops.zoo.bert import BertConfig, WordPiece, encode, mean_pool
+from hubtree.ops.text.bert import BertConfig, WordPiece, encode, mean_pool
 from hubtree.ops.zoo.realistic import RealisticSpec, base_model_dir, base_weights, build_realistic_zoo, Base, load_realistic_truth
 
 MODEL_DIR = base_model_dir()
@@ -29,7 +29,7 @@ def test_our_forward_pass_reads_the_checkpoint_as_a_sentence_encoder():
     """Mean-pooled embeddings of the real base put a paraphrase nearer than an unrelated sentence."""
     weights, config = base_weights(MODEL_DIR, Base("minilm-l6"))
     tok = WordPiece(MODEL_DIR / "vocab.txt")
-    assert tok.tokens("Hello, world!") == [7592, 1010, 2088, 999]
+    assert tok.ids("Hello, world!") == [7592, 1010, 2088, 999]
     ids, mask = tok.batch(["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."], 32)
     with torch.no_grad():
         e = torch.nn.functional.normalize(mean_pool(encode(weights, BertConfig.from_hf(config), ids, mask), mask), dim=-1)

