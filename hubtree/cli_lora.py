@@ -29,9 +29,12 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
     (w_error where the true base is in the lake). A group that cannot be attacked gets
     rows with confidence 'low: <why>' instead of weights.
     """
+    from hubtree.cli import progress_bars, require_lake
+
+    require_lake(lake)
     from hubtree.pipelines.lora import lora_flow
 
-    s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations)
+    s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
     click.echo(
         f"lora {s['status']}: {s['groups']} candidate groups, {s['recovered']} bases recovered "
         f"({s['layers']} layers), {s['low']} low-confidence" + "".join(f"\n  {f}" for f in s["files"])
@@ -59,6 +62,9 @@ def fit(lake, labels_csv, hub) -> None:
     the 1-NN voters on the adapters in the CSV (normalisation from those only) and
     stores the model through the lake (LAKE/blobs/dsire/, listed in blobs); prints the model id.
     """
+    from hubtree.cli import require_lake
+
+    require_lake(lake)
     from hubtree.pipelines.lora import dsire_fit_flow
 
     s = dsire_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub)
@@ -75,11 +81,11 @@ def predict(lake, model_id, hub) -> None:
     Writes dataset_size_estimates (estimate, the winning vote share, number of adapted
     layers, model id); adapters of another base or LoRA config are skipped and counted.
     """
-    from hubtree.lake import Lake
+    from hubtree.cli import require_lake
+
+    the_lake = require_lake(_absolute(lake))
     from hubtree.pipelines.lora import dsire_predict_flow, load_dsire_model
 
-    the_lake = Lake(_absolute(lake))
-    the_lake.require()
     load_dsire_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
     s = dsire_predict_flow(lake=_absolute(lake), model=model_id, hub=hub)
     click.echo(f"dsire predict {s['status']}: {s['estimated']} adapters estimated with model {s['model_id']}, "

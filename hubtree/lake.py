@@ -116,22 +116,28 @@ class Lake:
         """The ``LOAD`` statements the attach needs, each from its wheel's file."""
         return [f"LOAD {_literal(extension_path(n))}" for n in self.extensions()]
 
-    @contextmanager
-    def connect(self, as_of: str | int | None = None, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def cursor(self, as_of: str | int | None = None, create: bool = False) -> duckdb.DuckDBPyConnection:
         """A cursor on this process's DuckDB with the lake attached and in use: the views ``T`` and tables ``T_all``.
 
         The process keeps one DuckDB with the extensions loaded and each lake attached
-        once (loading takes most of a second); every call gets its own cursor.
+        once (loading takes most of a second); every call gets its own cursor, which the
+        caller closes (``connect`` does).
         """
         if not create:
             self.require()
         try:
             alias = self._attach(as_of, create)
             con = _process_db().cursor()
+            con.execute(f"USE {alias}")
         except duckdb.Error as err:
             raise LakeError(f"lake {self.url}: {err}") from err
+        return con
+
+    @contextmanager
+    def connect(self, as_of: str | int | None = None, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """``cursor`` for one ``with`` block: closed after it, DuckDB errors raised as LakeError."""
+        con = self.cursor(as_of, create)
         try:
-            con.execute(f"USE {alias}")
             yield con
         except duckdb.Error as err:
             raise LakeError(f"lake {self.url}: {err}") from err

@@ -10,15 +10,16 @@ import html
 from pathlib import Path
 
 from hubtree.lake import Lake
-from hubtree.render import DrawnEdge, histogram_svg, tree_svg
+from hubtree.render import LEGEND, TREE_CSS, DrawnEdge, alpha_by_layer_svg, histogram_svg, tree_html
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1400px; }
 h1 { color: #1f4e79; } h2 { border-bottom: 2px solid #1f4e79; padding-bottom: 4px; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #bbb; padding: 4px 10px; }
 th { background: #dde6f0; text-align: left; } .missing { color: #a33; }
-.figs { display: flex; flex-wrap: wrap; gap: 2em; } .tree { overflow-x: auto; border: 1px solid #ddd; margin: 1em 0; }
-"""
+.figs { display: flex; flex-wrap: wrap; gap: 2em; } .tree { border: 1px solid #ddd; margin: 1em 0; padding: 6px; }
+.legend { position: sticky; top: 0; z-index: 1; }
+""" + TREE_CSS
 
 
 def write_report(lake: Lake, out: Path) -> Path:
@@ -27,7 +28,7 @@ def write_report(lake: Lake, out: Path) -> Path:
     sections = [_health(lake), _trees(lake), _stats(lake), _lora(lake)]
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>hubtree report</title><style>{STYLE}</style></head>"
-        f"<body><h1>hubtree report</h1><p>Lake: <code>{html.escape(lake.url)}</code></p>{''.join(sections)}</body></html>"
+        f"<body><h1>hubtree report</h1><p>Lake: <code>{html.escape(lake.url)}</code></p>{LEGEND}{''.join(sections)}</body></html>"
     )
     path = out / "index.html"
     path.write_text(page)
@@ -40,6 +41,15 @@ def family_edges(lake: Lake, family_id: int) -> list[DrawnEdge]:
         [family_id],
     ).to_pylist()
     return [DrawnEdge(r["parent_repo_id"], r["child_repo_id"], r["source"], r["confidence"]) for r in rows]
+
+
+def without_weights(lake: Lake) -> frozenset[str]:
+    """Tree nodes the lake has no weights for (declared parents missing from the hub): drawn apart."""
+    rows = lake.query(
+        "SELECT DISTINCT node FROM (SELECT child_repo_id AS node FROM tree_edges UNION SELECT parent_repo_id FROM tree_edges) "
+        "WHERE node IS NOT NULL AND node NOT IN (SELECT repo_id FROM repos WHERE n_tensors > 0)"
+    )
+    return frozenset(rows.column(0).to_pylist())
 
 
 def _table(lake: Lake, sql: str) -> str:
@@ -89,10 +99,12 @@ def _trees(lake: Lake) -> str:
         "SELECT family_id, count(*) AS models, any_value(direction_rule) AS rule FROM families "
         "WHERE family_id >= 0 GROUP BY family_id ORDER BY family_id"
     ).to_pylist()
-    parts = ["<h2>Model trees</h2><p>Declared edges solid blue, recovered edges dashed red; line width is confidence.</p>"]
+    parts = ["<h2>Model trees</h2><p>Declared edges solid blue, recovered edges dashed red; line width is confidence. "
+             "Small families are drawn; every family has a collapsible outline (click a model to fold it).</p>"]
+    no_weights = without_weights(lake)
     for family in families:
         title = f"family {family['family_id']}: {family['models']} models; direction rule: {family['rule']}"
-        parts.append(f"<div class='tree'>{tree_svg(family_edges(lake, family['family_id']), title)}</div>")
+        parts.append(tree_html(family_edges(lake, family["family_id"]), title, no_weights))
     return "".join(parts)
 
 
@@ -102,7 +114,12 @@ def _stats(lake: Lake) -> str:
     columns = lake.query("SELECT kurtosis, alpha, stable_rank FROM layer_stats WHERE shape[2] IS NOT NULL")
     figures = [histogram_svg(columns.column(name).to_pylist(), title) for name, title in
                (("kurtosis", "excess kurtosis"), ("alpha", "power-law alpha"), ("stable_rank", "stable rank"))]
-    return "<h2>Layer statistics</h2><div class='figs'>" + "".join(figures) + "</div>"
+    layers = lake.query(
+        "SELECT tensor, median(alpha) AS mid, quantile_cont(alpha, 0.25) AS lo, quantile_cont(alpha, 0.75) AS hi FROM layer_stats "
+        "WHERE alpha IS NOT NULL AND isfinite(alpha) GROUP BY tensor ORDER BY tensor"
+    ).to_pylist()
+    per_layer = alpha_by_layer_svg([(r["tensor"], r["mid"], r["lo"], r["hi"]) for r in layers])
+    return "<h2>Layer statistics</h2><div class='figs'>" + "".join(figures) + f"</div>{per_layer}"
 
 
 def _lora(lake: Lake) -> str:

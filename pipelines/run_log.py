@@ -34,6 +34,7 @@ def record_run(
         "parameters": json.dumps(params, sort_keys=True, default=str),
         "started_at": started,
         "finished_at": None if status == "running" else datetime.now(timezone.utc),
+        **_flow_run_ids(),
     }
     lake.commit("runs", run_id, {"crawl_runs": [row]}, day=started.date())
     if (flow_run := _flow_run_id()) is not None:
@@ -77,6 +78,14 @@ def record_failed_run(flow, flow_run, state) -> None:
 
 
 FAILURE_HOOKS = [record_failed_run]
+
+
+def _flow_run_ids() -> dict:
+    """Prefect's ids for the flow run writing this row, so a row can be matched to Prefect's run."""
+    from prefect.runtime import flow_run
+
+    own = flow_run.get_id()
+    return {"flow_run_id": own, "root_flow_run_id": flow_run.get_root_flow_run_id() if own else None}
 
 
 def begin_run(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -106,6 +107,25 @@ class StatsWorker:
             finally:
                 result.bytes_read += handle.bytes_read if handle else 0
         return result
+
+    def map_tensors(self, unit: ModelUnit, fn: Callable[[dict[str, torch.Tensor]], object]) -> tuple[ModelUnit, object, str | None, int]:
+        """``fn`` of the unit's tensors (float32, read by range): (unit, result, error or None, bytes read).
+
+        Other stages (ProbeX) read chosen layers here and send back only what ``fn`` makes of them.
+        """
+        ref = RepoRef(unit.repo_id, unit.revision)
+        tensors, nbytes = {}, 0
+        try:
+            source = self.hubs.get(self.hub_override or unit.hub)
+            for file, names in unit.files.items():
+                handle = source.open_file(ref, file)
+                try:
+                    tensors |= {e.name: as_float_tensor(read_tensor(handle, e)) for e in entries_for(handle, names, file)}
+                finally:
+                    nbytes += handle.bytes_read
+            return unit, fn(tensors), None, nbytes
+        except HubtreeError as err:
+            return unit, None, f"{type(err).__name__}: {err}", nbytes
 
     def _rows(self, file: str, entries: dict, tensors: dict[str, torch.Tensor], out: UnitResult) -> None:
         s = self.settings

@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 
 from hubtree.lake import Lake
 from hubtree.ops.trees.inputs import models_from_layers
-from hubtree.ops.trees.mother import Models, TreeEdge, Trees, recover_trees
-from hubtree.ops.trees.priors import DeclaredGraph, DeclaredRow, DirectionRule
+from hubtree.ops.trees.mother import FamilyReport, Models, TreeEdge, Trees, recover_trees
+from hubtree.ops.trees.priors import DeclaredGraph, DeclaredRow
 from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run
 
 SOURCE_NAMES = {"weights": "recovered"}  # the lake says where an edge came from in users' words
@@ -31,8 +31,8 @@ def load_models(lake: Lake, full: bool = False) -> tuple[Models, dict[str, str],
     """
     rows = lake.query(
         f"""
-        SELECT r.repo_id, r.revision, s.tensor, s.shape, s.sketch, st.kurtosis, st.frobenius_norm, st.numel,
-               s.row_begin, s.row_end,
+        SELECT r.repo_id, r.revision, s.tensor, s.shape, s.sketch, st.kurtosis, st.frobenius_norm, st.entropy_effective_rank,
+               st.numel, s.row_begin, s.row_end,
                -- Upload times only where a hub records uploads: a local folder's file times
                -- are copy times (cp, git clone) and would mislead the parent-is-older prior.
                CASE WHEN r.hub LIKE 'http%' THEN epoch(r.created_at) END AS created_at
@@ -63,7 +63,7 @@ def declared_rows(lake: Lake) -> list[DeclaredRow]:
 
 def tree_rows(trees: Trees, revisions: dict[str, str], relation: dict[str, str]) -> dict[str, list[dict]]:
     """Rows for tree_edges and families (one family row per model, from its first edge)."""
-    rules = {f.family: f.rule for f in trees.families}
+    rules = {f.family: f for f in trees.families}
     signature_of = {f.family: f.signature for f in trees.families}
     edges, families = [], {}
     for e in trees.edges:
@@ -78,6 +78,7 @@ def tree_rows(trees: Trees, revisions: dict[str, str], relation: dict[str, str])
             "repo_id": e.child, "revision": revisions.get(e.child, ""), "family_id": e.family,
             "assigned_by": {"weights": "weights", "root": "weights"}.get(e.source, e.source),
             "signature": signature_of.get(e.family), "direction_rule": _rule(rules.get(e.family)),
+            "direction_confidence": _num(rules[e.family].confidence) if e.family in rules else None,
         })
     return {"tree_edges": edges, "families": list(families.values())}
 
@@ -96,12 +97,13 @@ def _num(value: float) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
-def _rule(rule: DirectionRule | None) -> str | None:
-    if rule is None:
+def _rule(report: FamilyReport | None) -> str | None:
+    """The family's rule in words, and the evidence that chose it (``direction.family_direction``)."""
+    if report is None:
         return None
+    rule = report.rule
     side = "parent has the larger" if rule.sign > 0 else "child has the larger"
-    agreement = f", agrees with {rule.agreement:.0%} of {rule.n_evidence} edges" if rule.agreement is not None else ""
-    return f"{side} {rule.witness} (from {rule.source}{agreement})"
+    return f"{side} {rule.witness} ({report.why or 'from ' + rule.source})"
 
 
 @flow(name="hubtree-trees", log_prints=True, on_failure=FAILURE_HOOKS)

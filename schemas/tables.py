@@ -106,6 +106,8 @@ CRAWL_RUNS = _table(
     pa.field("cdn_requests", pa.int64()),  # ranges sent to the signed URLs resolves redirect to (no bucket)
     pa.field("bytes_fetched", pa.int64()),
     pa.field("weights_bytes", pa.int64()),
+    pa.field("flow_run_id", pa.string()),  # Prefect's flow run (a stage's own subflow run)
+    pa.field("root_flow_run_id", pa.string()),  # the run it belongs to (`hubtree run`'s flow run)
     keyed=False,
 )
 
@@ -170,7 +172,8 @@ FAMILIES = _table(
     pa.field("family_id", pa.int64(), nullable=False),  # -1: a declared parent with no weights and no family
     pa.field("assigned_by", pa.string()),  # weights | declared | duplicate
     pa.field("signature", pa.string()),  # the architecture block
-    pa.field("direction_rule", pa.string()),  # which kurtosis rule this family's tree used, and from what evidence
+    pa.field("direction_rule", pa.string()),  # which witness and sign this family's tree used, from what evidence, conflicts
+    pa.field("direction_confidence", pa.float64()),  # [0, 1]: how clearly the evidence chose that rule
 )
 
 TREE_EDGES = pa.schema(
@@ -217,15 +220,31 @@ DATASET_SIZE_ESTIMATES = _table(
     pa.field("model_id", pa.string()),  # the fit that made the estimate
 )
 
-# Files too big for a row (recovered bases, fitted DSiRe models): the row makes the file part of the lake.
+# Files too big for a row (recovered bases, fitted DSiRe and ProbeX models): the row makes the file part of the lake.
 BLOBS = pa.schema(
     [
-        pa.field("kind", pa.string(), nullable=False),  # recovered | dsire
+        pa.field("kind", pa.string(), nullable=False),  # recovered | dsire | probex
         pa.field("key", pa.string(), nullable=False),  # the repo id or model id the file is for
         pa.field("path", pa.string(), nullable=False),  # URL of the file under LAKE/blobs/
         pa.field("size", pa.int64()),
         *_BOOKKEEPING,
     ]
+)
+
+# ProbeX (methods.md section 7): per model of a family with an expert, a score per label of the family.
+MODEL_LABELS = _table(
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("score", pa.float64()),  # in [0, 1]: the expert's sigmoid
+    pa.field("family_id", pa.int64()),
+    pa.field("expert", pa.string()),  # the probex fit (model id) that scored it
+)
+
+# The same experts' representation of each model, in the space they share with text (unit norm).
+PROBEX_EMBEDDINGS = _table(
+    pa.field("family_id", pa.int64()),
+    pa.field("expert", pa.string()),
+    pa.field("layer", pa.string()),  # the one layer the expert reads
+    pa.field("embedding", pa.list_(pa.float32())),
 )
 
 LAKE_COMMITS = pa.schema(
@@ -254,13 +273,16 @@ SCHEMAS: dict[str, pa.Schema] = {
     "lora_spectra": LORA_SPECTRA,
     "dataset_size_estimates": DATASET_SIZE_ESTIMATES,
     "blobs": BLOBS,
+    "model_labels": MODEL_LABELS,
+    "probex_embeddings": PROBEX_EMBEDDINGS,
     "crawl_errors": CRAWL_ERRORS,
     "crawl_runs": CRAWL_RUNS,
     "lake_commits": LAKE_COMMITS,
 }
 
 # Tables a run rewrites whole: their views show the rows of the stage's latest commit run.
-LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lora", "dataset_size_estimates": "dsire"}
+LATEST_RUN = {"families": "trees", "tree_edges": "trees", "lora_recoveries": "lora", "dataset_size_estimates": "dsire",
+              "model_labels": "probex", "probex_embeddings": "probex"}
 
 # Tables whose rows describe one repo revision; their views keep the latest revision per repo.
 REPO_KEYED = ("repos", "declared_edges", "files", "tensors", "adapters", "layer_stats", "layer_sketches", "probe_features")

@@ -5,8 +5,8 @@ import os
 import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# hubtree's own caches (local hubs' file hashes) go to a fresh folder, not the user's home.
-os.environ.setdefault("HUBTREE_HOME", tempfile.mkdtemp(prefix="hubtree-home-"))
+# hubtree's own home (Prefect state, local hubs' file-hash cache) for this session, never the user's ~/.hubtree.
+os.environ["HUBTREE_HOME"] = tempfile.mkdtemp(prefix="hubtree-home-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Test hubs live on 127.0.0.1: a stalled request is one that takes over 3 s. Set before
 # Ray starts, so its workers see it too.

@@ -45,7 +45,33 @@ def test_sql_prints_table_csv_and_json(lake):
     csv_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "csv", query]).output
     assert csv_out.splitlines() == ["repo_id", "org/m0", "org/m1", "org/m2"]
     json_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "json", query]).output
-    assert [json.loads(line)["repo_id"] for line in json_out.splitlines()] == ["org/m0", "org/m1", "org/m2"]
+    assert [r["repo_id"] for r in json.loads(json_out)] == ["org/m0", "org/m1", "org/m2"]  # one JSON array
+    jsonl_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "jsonl", query]).output
+    assert [json.loads(line)["repo_id"] for line in jsonl_out.splitlines()] == ["org/m0", "org/m1", "org/m2"]
+
+
+def test_lists_and_structs_stay_structured(lake):
+    query = "SELECT [1, 2] AS shape, {'a': 1, 'b': 'x'} AS info"
+    (row,) = json.loads(CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "json", query]).output)
+    assert row == {"shape": [1, 2], "info": {"a": 1, "b": "x"}}
+    csv_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "csv", query]).output
+    assert csv_out.splitlines()[1] == '"[1, 2]","{""a"": 1, ""b"": ""x""}"'
+
+
+def test_sql_to_parquet_and_from_a_file_or_stdin(lake, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "repos.parquet"
+    result = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "parquet", "--out", str(out), "SELECT repo_id FROM repos"])
+    assert result.exit_code == 0 and pq.read_table(out).column("repo_id").to_pylist() == ["org/m0", "org/m1", "org/m2"]
+    no_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "parquet", "SELECT 1"])
+    assert no_out.exit_code == 2 and "--out" in no_out.output
+    query_file = tmp_path / "q.sql"
+    query_file.write_text("SELECT count(*) AS n\nFROM repos\n")
+    from_file = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "csv", "-f", str(query_file)])
+    assert from_file.output.splitlines() == ["n", "3"]
+    from_stdin = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "csv", "-"], input="SELECT count(*) AS n FROM repos")
+    assert from_stdin.output.splitlines() == ["n", "3"]
 
 
 def test_sql_on_a_missing_lake_says_what_to_do(tmp_path):

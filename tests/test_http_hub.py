@@ -66,13 +66,14 @@ def test_header_and_tensors_over_http_match_local_file_byte_for_byte(tiny_hub, h
         opened.append(remote)
         header = read_header(remote, "model.safetensors")
         assert header == read_header(here, "model.safetensors")
-        # One resolve (its size and sha256 come with it), then one ranged GET of the first 100 KB at the CDN.
-        assert remote.bytes_read == min(header.file_size, HttpFile.first_read_bytes)
+        # One resolve (its size and sha256 come with it), then one ranged GET at the CDN of the
+        # first min(100 KB, max(4 KB, 1% of the file)): the whole of a tiny file.
+        assert remote.bytes_read == min(header.file_size, remote.first_read_bytes)
         assert (remote.traffic.resolve, remote.traffic.cdn) == (1, 1)
         for entry in header.tensors:
             np.testing.assert_array_equal(read_tensor(remote, entry), read_tensor(here, entry))
         assert remote.traffic.resolve == 1  # every later range went to the kept CDN URL
-        assert remote.bytes_read == min(header.file_size, HttpFile.first_read_bytes) + sum(e.nbytes for e in header.tensors)
+        assert remote.bytes_read == min(header.file_size, remote.first_read_bytes) + sum(e.nbytes for e in header.tensors)
         assert remote.sha256 == hashlib.sha256((tiny_hub / ref.repo_id / "model.safetensors").read_bytes()).hexdigest()
     sent = [(method, rng) for method, path, rng in server.faults.requests if path.startswith("/org/base/resolve/")]
     assert sent == [("HEAD", None)]  # no range ever went to the resolver
@@ -239,7 +240,7 @@ def paced_hub(server_url: str, now: list[float], **kwargs) -> tuple[HttpHub, Req
 
 def test_pacing_from_the_hubs_headers_meets_no_429(tiny_hub, hub_server):
     now = [1_800_000_000.0]
-    server = hub_server(tiny_hub, page_size=2, limits=RateLimits(api=2, resolvers=3, window_s=30), clock=lambda: now[0])
+    server = hub_server(tiny_hub, page_size=2, limits=RateLimits(api=2, resolvers=3, window_s=30), clock=lambda: now[0], token="hf_test")
     hub, budget = paced_hub(server.url, now)  # its own limits are the free tier's: only the headers tell it less
     local = LocalHub(tiny_hub)
     assert list(hub.list_repos()) == list(local.list_repos())  # 3 pages: the third waits for the next window
@@ -252,7 +253,7 @@ def test_pacing_from_the_hubs_headers_meets_no_429(tiny_hub, hub_server):
 
 def test_a_429_from_the_served_hub_waits_out_its_reset_and_loses_nothing(tiny_hub, hub_server):
     now = [1_800_000_000.0]
-    server = hub_server(tiny_hub, limits=RateLimits(api=100, resolvers=2, window_s=30), clock=lambda: now[0])
+    server = hub_server(tiny_hub, limits=RateLimits(api=100, resolvers=2, window_s=30), clock=lambda: now[0], token="hf_test")
     for _ in range(2):  # another client of the same account spends the window's resolves behind our back
         httpx2.head(f"{server.url}/org/base/resolve/main/config.json")
     hub, budget = paced_hub(server.url, now)

@@ -75,7 +75,7 @@ def test_crawl_and_stats_from_the_cli_send_the_token_only_where_it_belongs(tiny_
     hubtree("crawl", "--hub", server.url, "--lake", str(tmp_path / "plain"))
     hubtree("stats", "--lake", str(tmp_path / "plain"))
     seen = list(server.faults.authorization)
-    assert len(seen) > 20 and set(seen) == {None}
+    assert len(seen) > 5 and set(seen) == {None}  # listing pages and resolves; file bytes go to the CDN
     server.faults.authorization.clear()
     server.faults.requests.clear()
     hubtree("crawl", "--lake", str(tmp_path / "endpoint"), "--limit", "2", HF_ENDPOINT=server.url)
@@ -83,4 +83,4 @@ def test_crawl_and_stats_from_the_cli_send_the_token_only_where_it_belongs(tiny_
     # HF_ENDPOINT for /api/agent-harnesses by itself, without a token.
     ours = [auth for (_, path, _), auth in zip(server.faults.requests, server.faults.authorization)
             if path.startswith("/api/models") or "/resolve/" in path]
-    assert len(ours) >= 4 and set(ours) == {f"Bearer {TOKEN}"}
+    assert len(ours) >= 3 and set(ours) == {f"Bearer {TOKEN}"}  # a listing page and each weights file's resolve

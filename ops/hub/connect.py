@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from hubtree.ops.hub.source import HubSource
+from hubtree.errors import HubError, HubUnavailableError
+
+if TYPE_CHECKING:  # the sources import torch (14 s on a busy machine): not for check_hub's fast errors
+    from hubtree.ops.hub.source import HubSource
 
 DEFAULT_HUB = "https://huggingface.co"
 
@@ -27,6 +31,7 @@ def open_hub(hub: str | None) -> HubSource:
         from hubtree.ops.hub.local import LocalHub
 
         return LocalHub(hub)
+    _refuse_offline(hub)
     # Imported lazily: huggingface_hub, httpx and Ray are needed for remote hubs only.
     import ray
     from huggingface_hub import get_token
@@ -47,3 +52,33 @@ def open_hub(hub: str | None) -> HubSource:
         base_delay_s=float(os.environ.get("HUBTREE_HTTP_BACKOFF_S", RetryPolicy.base_delay_s)),
     )
     return HttpHub(hub, policy=policy)
+
+
+def check_hub(hub: str | None) -> None:
+    """Fail in one line, before any work starts, when ``hub`` cannot be read at all:
+    a folder that is not there, offline mode for a URL, or nothing listening at the URL."""
+    hub = hub or DEFAULT_HUB
+    if not hub.startswith(("http://", "https://")):
+        if not os.path.isdir(hub):
+            raise HubError(f"no hub folder at {hub}: give a folder in Hub layout (e.g. `hubtree zoo DIR` makes DIR/hub) or a hub URL")
+        return
+    _refuse_offline(hub)
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hub)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=float(os.environ.get("HUBTREE_HTTP_TIMEOUT_S", 30))).close()
+    except ConnectionRefusedError:
+        raise HubUnavailableError(f"{hub}: connection refused; is the hub running at that address? Check --hub or HF_ENDPOINT") from None
+    except OSError as err:
+        raise HubUnavailableError(f"{hub}: cannot connect ({err}); check --hub or HF_ENDPOINT, and the network") from None
+
+
+def _refuse_offline(hub: str) -> None:
+    """huggingface_hub refuses every request in offline mode: say so once, not per repo."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"HF_HUB_OFFLINE is set, so {hub} cannot be reached: unset it, or crawl a local folder or mirror (--hub PATH)")

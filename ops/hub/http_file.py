@@ -101,9 +101,9 @@ class HttpFile:
     @property
     def first_read_bytes(self) -> int:
         """How much a header read asks at once: ~100 KB as huggingface_hub does (most headers fit),
-        but at most 1% of a small file, whose header is small too: a second read is one CDN
-        request, cheaper than most of a 200 KB file."""
-        return min(100_000, max(8, (self._size or 0) // 100))
+        but for a file under 10 MB only 1% of it, and at least 4 KB (a small model's header):
+        a 200 KB file then costs ~4 KB, not half its bytes, and still one request."""
+        return min(100_000, max(4096, (self._size or 0) // 100))
 
     def __init__(
         self,

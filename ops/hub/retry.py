@@ -65,6 +65,8 @@ FREE_TIER = TIERS["free"]
 FREE_TIER_WINDOW_S = 300.0
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Nothing listens at the address: retried briefly (a hub restarting), then said as "refused".
+REFUSED_RETRIES = 2
 # A timeout, a dropped connection, or a body that ends before its Content-Length.
 TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 
@@ -269,6 +271,12 @@ class RetryPolicy:
                     raise _permanent(err, what) from err
                 failure: Exception = err
                 wait = self._rate_limit_wait(err.response) if status == 429 else None
+            except httpx2.ConnectError as err:
+                if tries >= min(self.max_retries, REFUSED_RETRIES):
+                    raise HubUnavailableError(
+                        f"{what}: connection refused ({err}); is the hub running at that address? Check --hub or HF_ENDPOINT"
+                    ) from err
+                failure, wait = err, None
             except TRANSIENT_ERRORS as err:
                 failure, wait = err, None
             if tries == self.max_retries or (wait is not None and wait > self.max_rate_limit_wait_s):

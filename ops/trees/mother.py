@@ -32,9 +32,9 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from hubtree.ops.trees.direction import PRETRAINED_RULE, FamilyDirection, family_direction, reroot
 from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
 from hubtree.ops.trees.priors import (
-    GROWTH_RULE,
     PAPER_RULE,
     DeclaredGraph,
     DeclaredRow,
@@ -66,13 +66,23 @@ class Models:
     created_at: np.ndarray
     quantized: np.ndarray
     layer_sizes: Mapping[str, Sequence[int]] = field(default_factory=dict)  # signature -> part lengths
+    # The chosen layers' exact Frobenius norm (``layer_stats``), nan where unknown. A sketch
+    # keeps a norm to ~1/sqrt(width), and a real fine-tune moves it by ~1e-4: only the
+    # exact norm (or one from the same sampled rows) can witness the change.
     norm: np.ndarray | None = None
+    # Summed entropy effective rank of the chosen layers (``layer_stats``), nan where unknown:
+    # a fine-tuning update is full-rank next to a pretrained spectrum and spreads it, while
+    # weight decay, a uniform scaling, leaves it be.
+    rank: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.norm is None:
             self.norm = np.array([np.linalg.norm(np.asarray(v, dtype=np.float64)) for v in self.vectors])
         self.norm = np.asarray(self.norm, dtype=np.float64)
         self.kurtosis = np.asarray(self.kurtosis, dtype=np.float64)
+        sketched = np.array([np.linalg.norm(np.asarray(v, dtype=np.float64)) for v in self.vectors])
+        self.norm = sketched if self.norm is None else np.where(np.isfinite(self.norm), self.norm, sketched)
+        self.rank = np.full(len(self.ids), np.nan) if self.rank is None else np.asarray(self.rank, dtype=np.float64)
         self.created_at = np.asarray(self.created_at, dtype=np.float64)
         self.quantized = np.asarray(self.quantized, dtype=bool)
         sizes = {len(self.ids), len(self.signature), len(self.vectors), len(self.kurtosis), len(self.created_at), len(self.quantized), len(self.norm)}
@@ -113,6 +123,8 @@ class FamilyReport:
     rule: DirectionRule
     timed: float  # fraction of members with a known upload time
     placeholders: tuple[str, ...] = ()  # missing declared parents placed at their children's mean
+    confidence: float = float("nan")  # in the direction rule, [0, 1] (``direction.FamilyDirection``)
+    why: str = ""  # the evidence that chose the rule, and any conflict
 
 
 @dataclass
@@ -134,6 +146,7 @@ class MotherOptions:
     lam: float = 0.5  # MoTHer's lambda: the price of an edge against the direction rule, in typical steps
     beta: float = 0.5  # the price of an edge turning back towards its parent's parent, in typical steps
     rounds: int = 3  # at most this many trees; it stops early once the tree repeats
+    drift: bool = True  # later rounds remove the family's mean fine-tuning step (False: MoTHer's distances)
 
 
 @dataclass
@@ -226,7 +239,7 @@ def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> Fam
             break
         if fam.placeholders.any():
             x = _recentre(x, parent, np.nonzero(fam.placeholders)[0])
-        drift = _mean_step(x, parent, fam.steps)
+        drift = _mean_step(x, parent, fam.steps) if opt.drift else drift
     distance = np.where(edge >= 0, d[np.maximum(edge, 0)], np.nan)
     return FamilyTree(parent, _margins(m, c, cost, edge, fam.free, s), distance)
 
@@ -356,7 +369,8 @@ def recover_trees(
     beta: float = 0.5,
     rounds: int = 3,
     all_pairs_max: int = 2000,
-    default_rule: DirectionRule = GROWTH_RULE,
+    default_rule: DirectionRule = PRETRAINED_RULE,
+    drift: bool = True,
 ) -> Trees:
     """Every model's family and parent: declared edges as given, weights and priors for the rest.
 
@@ -368,49 +382,71 @@ def recover_trees(
     Args:
         models: every repo with weights (see ``Models``).
         declared: the lake's ``declared_edges`` rows, as they are (cleaned here).
-        k, lam, beta, rounds: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
+        k, lam, beta, rounds, drift: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
         default_rule: the direction rule when no declared edge joins two models of a family.
     """
     graph = declared_graph(declared, known=models.ids, created_at=dict(zip(models.ids, models.created_at.tolist())))
     parents = graph.parents()
     rep, family, clusterings, signature_of = _families(models, k, all_pairs_max)
     index = {m: i for i, m in enumerate(models.ids)}
-    witnesses = {"kurtosis": models.kurtosis, "norm": models.norm}
-    rules = _direction_rules(parents, index, rep, family, witnesses, len(signature_of), default_rule)
+    witnesses = {"kurtosis": models.kurtosis, "norm": models.norm, "rank": models.rank}
     unique = np.nonzero(rep == np.arange(len(rep)))[0]
     members_of = _group(family[unique], unique)
+    rules = _direction_rules(models, parents, index, rep, family, witnesses, members_of, default_rule, k)
     ghosts_of = _placeholders(graph, parents, index, family)
-    options = MotherOptions(k, lam, beta, rounds)
+    options = MotherOptions(k, lam, beta, rounds, drift)
     edges, reports = [], []
-    for f, rule in enumerate(rules):
-        members = members_of[f]
+    for f, direction in enumerate(rules):
+        members, rule = members_of[f], direction.rule
         fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
-        edges += _inferred_edges(f, fam, mother_tree(fam.family, options))
+        tree = mother_tree(fam.family, options)
+        if rule.source in ("shape", "default") and fam.family.free.all():
+            tree = _rerooted(tree, fam.family.x, witnesses[rule.witness][members], rule.sign, direction.confidence)
+        edges += _inferred_edges(f, fam, tree)
         timed = float(np.isfinite(models.created_at[members]).mean())
-        reports.append(FamilyReport(f, signature_of[f], len(members), rule, timed, tuple(fam.ids[len(members) :])))
+        reports.append(FamilyReport(
+            f, signature_of[f], len(members), rule, timed, tuple(fam.ids[len(members) :]), direction.confidence, direction.why,
+        ))  # fmt: skip
     placed = {g: r.family for r in reports for g in r.placeholders}
     edges += _declared_and_duplicate_edges(models, graph, parents, rep, family, placed, edges)
     return Trees(edges, reports, graph, clusterings)
 
 
 def _direction_rules(
-    parents: Mapping[str, list[str]], index: Mapping[str, int], rep: np.ndarray, family: np.ndarray,
-    witnesses: Mapping[str, np.ndarray], n_families: int, default_rule: DirectionRule,
-) -> list[DirectionRule]:
-    """Each family's direction rule: its own declared edges between distinct models, shrunk
-    towards all such edges in the lake; with none anywhere, ``default_rule``."""
+    models: Models, parents: Mapping[str, list[str]], index: Mapping[str, int], rep: np.ndarray, family: np.ndarray,
+    witnesses: Mapping[str, np.ndarray], members_of: Mapping[int, np.ndarray], default_rule: DirectionRule, k: int,
+) -> list[FamilyDirection]:
+    """Each family's direction rule (``direction.family_direction``): its own declared edges
+    between distinct models, shrunk towards all such edges in the lake, and its upload
+    times; else its tree's shape; else the rule of the lake's declared edges or ``default_rule``."""
     evidence = np.array([
         (rep[index[p]], rep[index[c]])
         for c, ps in parents.items() for p in ps
         if c in index and p in index and family[index[c]] == family[index[p]] and rep[index[c]] != rep[index[p]]
     ], dtype=np.int64).reshape(-1, 2)  # fmt: skip
     lake = _votes(evidence, witnesses)
-    lake_rule = choose_direction(lake, "lake") or default_rule
+    lake_rule = choose_direction(lake, "lake")
     evidence_of = _group(family[evidence[:, 1]], evidence)
     return [
-        choose_direction(_votes(evidence_of.get(f, evidence[:0]), witnesses), "declared", prior=lake) or lake_rule
-        for f in range(n_families)
+        family_direction(
+            _rows(models.vectors, members), {w: v[members] for w, v in witnesses.items()}, models.created_at[members],
+            _votes(evidence_of.get(f, evidence[:0]), witnesses), lake, lake_rule, default_rule, k,
+        )  # fmt: skip
+        for f, members in sorted(members_of.items())
     ]
+
+
+def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float) -> FamilyTree:
+    """The tree re-oriented from the root its rule's witness agrees with most (``direction.reroot``).
+
+    Flipped edges keep the distance of the pair and take the family's direction confidence.
+    """
+    parent = reroot(tree.parent, values, sign)
+    same = parent == tree.parent
+    has = parent >= 0
+    distance = np.where(same, tree.distance, np.nan)
+    distance[has & ~same] = np.linalg.norm(x[has & ~same] - x[parent[has & ~same]], axis=1)
+    return FamilyTree(parent, np.where(same, tree.confidence, np.where(has, confidence, np.nan)), distance)
 
 
 def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:

@@ -187,7 +187,7 @@ PAPER_RULE = DirectionRule("default", "kurtosis", +1)
 # grew on 100/100/100/92/92% of fine-tune edges, kurtosis fell on 96/74/75/67/58%. Weight
 # decay over long training would break it; any declared edge in the lake overrides it.
 GROWTH_RULE = DirectionRule("default", "norm", -1)
-WITNESSES = ("norm", "kurtosis")  # in order of preference on ties
+WITNESSES = ("norm", "kurtosis", "rank")  # in order of preference on ties
 
 Votes = dict[tuple[str, int], tuple[int, int]]  # (witness, sign) -> (edges it orients right, edges usable)
 
@@ -196,6 +196,8 @@ def direction_votes(parent_values: Mapping[str, np.ndarray], child_values: Mappi
     """How many evidence edges each (witness, sign) orients parent -> child (ties and nan skipped)."""
     votes: Votes = {}
     for witness in WITNESSES:
+        if witness not in parent_values:
+            continue
         p, c = parent_values[witness], child_values[witness]
         usable = np.isfinite(p) & np.isfinite(c) & (p != c)
         n, down = int(usable.sum()), int((p[usable] > c[usable]).sum())

@@ -28,7 +28,7 @@ import hashlib
 import itertools
 import json
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +152,16 @@ class LoraTruth:
 
 
 @dataclass
+class DatasetTruth:
+    """A named dataset of a labelled zoo: what a card would link to, and how a user might ask for it."""
+
+    family: str
+    task: str  # the synthetic task behind the name
+    description: str
+    paraphrase: str  # the same meaning in other words: the search benchmark's query
+
+
+@dataclass
 class ZooTruth:
     """Everything the hub hides: serialised to ``out/truth.json``, never inside ``out/hub``."""
 
@@ -162,6 +172,10 @@ class ZooTruth:
     families: dict[str, list[str]]  # family -> repo ids, root first
     hidden_bases: dict[str, str]  # repo id -> safetensors path relative to out
     lora: LoraTruth
+    # Labelled zoos only (``hubtree.ops.zoo.labelled``): dataset name -> its description and a
+    # paraphrase of it, and repo id -> the datasets it was fine-tuned on (multi-hot labels).
+    datasets: dict[str, DatasetTruth] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -172,7 +186,9 @@ class ZooTruth:
         for repo_id, m in d["models"].items():
             models[repo_id] = ModelTruth(**{**m, "train": TrainLog(**m["train"]) if m["train"] else None})
         edges = [Edge(**e) for e in d["edges"]]
-        return cls(d["seed"], d["scale"], models, edges, d["families"], d["hidden_bases"], LoraTruth(**d["lora"]))
+        datasets = {name: DatasetTruth(**v) for name, v in d.get("datasets", {}).items()}
+        return cls(d["seed"], d["scale"], models, edges, d["families"], d["hidden_bases"], LoraTruth(**d["lora"]),
+                   datasets, d.get("labels", {}))
 
 
 def load_truth(path: Path) -> ZooTruth:

@@ -1,0 +1,228 @@
+"""Which way a family's edges point, from evidence that does not assume one way of training.
+
+A direction witness is a per-model number that moves one way along fine-tuning edges:
+MoTHer's summed excess kurtosis of the attention output projections (it falls when a
+well-pretrained model is fine-tuned: an update with lighter tails than the weights thins
+theirs) or the weights' norm (it grows when updates are large next to the weights and
+decay is weak: ``||W + d||^2 ~ ||W||^2 + ||d||^2`` for a near-orthogonal Adam step; weight
+decay on a well-trained model shrinks it instead). Which witness holds, and with which
+sign, depends on the regime, so a family's evidence decides, strongest first:
+
+1. its declared edges, and pairs whose upload times are both known (``priors.choose_direction``);
+2. the shape of its tree. Orient the undirected minimum spanning tree away from a root:
+   a witness that is monotone along lineages agrees with every edge for the true root,
+   while its opposite sign can agree with at most one edge per branch point, because
+   edges cannot all point *into* a node with two neighbours. So each (witness, sign) is
+   scored by the agreement of its best root, and a family with branches identifies its
+   own rule, whatever the generator;
+3. with neither (a chain, a pair), the default: the witnesses agree, or kurtosis falling
+   (MoTHer), whose grounds hold for fine-tunes of pretrained models.
+
+``FamilyDirection.confidence`` says how far the chosen rule beats the best rule of the
+other sign, and is halved when the other witness, on its own, points the other way.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+
+from hubtree.ops.trees.families import knn
+from hubtree.ops.trees.priors import PAPER_RULE, WITNESSES, DirectionRule, Votes, choose_direction, direction_votes
+
+# Without declared edges or a telling tree shape: fine-tuning a pretrained model lowers
+# the kurtosis of its attention output projections (MoTHer). On the realistic tuning
+# zoos it is the witness that orients most edges; see benchmarks/trees.py.
+PRETRAINED_RULE = DirectionRule("default", "rank", -1)
+# A tree shape decides the rule only when its best root beats the other sign's by this
+# share of the edges: a chain (no branch point) or a coin flip does not.
+MIN_SHAPE_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class ShapeScore:
+    """How well one (witness, sign) orients an undirected tree from its best root."""
+
+    witness: str
+    sign: int
+    agree: int  # edges oriented away from ``root`` along which sign * witness falls
+    usable: int  # edges whose ends differ in the witness
+    root: int
+
+
+def undirected_tree(x: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (a, b) of the minimum spanning tree (forest) of each member's k nearest neighbours."""
+    n = len(x)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    idx, dist = knn(x, k)
+    has = idx >= 0
+    rows = np.repeat(np.arange(n), idx.shape[1]).reshape(idx.shape)[has]
+    graph = coo_matrix((np.maximum(dist[has], 1e-12), (rows, idx[has])), shape=(n, n)).tocsr()
+    mst = minimum_spanning_tree(graph.maximum(graph.T)).tocoo()
+    return mst.row.astype(np.int64), mst.col.astype(np.int64)
+
+
+def shape_score(a: np.ndarray, b: np.ndarray, values: np.ndarray, sign: int, witness: str = "") -> ShapeScore:
+    """The root whose orientation of the tree (a, b) agrees with ``sign * values`` falling on most edges.
+
+    Rerooting across an edge flips only that edge, so every root's count comes from one
+    breadth-first pass: ``agree(v) = agree(u) - right(u -> v) + right(v -> u)``.
+    """
+    n = len(values)
+    s = sign * np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(s[a]) & np.isfinite(s[b]) & (s[a] != s[b])
+    if len(a) == 0:
+        return ShapeScore(witness, sign, 0, 0, 0)
+    adj = coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+    right = {}  # (parent, child) -> 1 when the witness falls from parent to child
+    for u, v, usable in zip(a.tolist(), b.tolist(), ok.tolist()):
+        right[u, v] = int(usable and s[u] > s[v])
+        right[v, u] = int(usable and s[v] > s[u])
+    agree = np.full(n, -1)
+    total, root, biggest = 0, 0, 0
+    for start in range(n):
+        if agree[start] >= 0:
+            continue
+        order, pred = breadth_first_order(adj, start, directed=False, return_predecessors=True)
+        agree[start] = sum(right[int(pred[v]), int(v)] for v in order[1:])
+        for v in order[1:]:
+            u = int(pred[v])
+            agree[v] = agree[u] - right[u, int(v)] + right[int(v), u]
+        best = int(order[int(np.argmax(agree[order]))])
+        total += int(agree[best])
+        if len(order) > biggest:
+            root, biggest = best, len(order)
+    return ShapeScore(witness, sign, total, int(ok.sum()), root)
+
+
+@dataclass(frozen=True)
+class FamilyDirection:
+    rule: DirectionRule
+    confidence: float  # in [0, 1]
+    why: str  # one line for families.direction_rule
+
+
+def shape_direction(a: np.ndarray, b: np.ndarray, witnesses: Mapping[str, np.ndarray]) -> FamilyDirection | None:
+    """The family's rule from its tree's shape (step 2 of the module docstring), or None when it does not tell."""
+    scores = [shape_score(a, b, witnesses[w], s, w) for w in WITNESSES for s in (+1, -1)]
+    scores = [sc for sc in scores if sc.usable > 0]
+    if not scores:
+        return None
+    frac = {(sc.witness, sc.sign): sc.agree / sc.usable for sc in scores}
+    best = max(scores, key=lambda sc: (frac[sc.witness, sc.sign], sc.usable))
+    margin = frac[best.witness, best.sign] - frac.get((best.witness, -best.sign), 0.0)
+    if margin < MIN_SHAPE_MARGIN:
+        return None
+    conflict = _other_root(best, [sc for sc in scores if sc.witness != best.witness], frac)
+    confidence = min(1.0, margin) * (0.5 if conflict else 1.0)
+    rule = DirectionRule("shape", best.witness, best.sign, frac[best.witness, best.sign], best.usable)
+    why = f"tree shape: best root agrees on {frac[best.witness, best.sign]:.0%} of {best.usable} edges, the other sign on {frac.get((best.witness, -best.sign), 0.0):.0%}"
+    if conflict:
+        why += f"; conflict: {conflict}"
+    return FamilyDirection(rule, confidence, why)
+
+
+def _other_root(best: ShapeScore, others: list[ShapeScore], frac: Mapping[tuple[str, int], float]) -> str:
+    """A conflict note when another witness, clearly fitting the tree, roots it at another member."""
+    for sc in others:
+        if frac[sc.witness, sc.sign] - frac.get((sc.witness, -sc.sign), 0.0) >= MIN_SHAPE_MARGIN and sc.root != best.root:
+            return f"{sc.witness} ({'+' if sc.sign > 0 else '-'}) fits it best from another root"
+    return ""
+
+
+def family_direction(
+    x: np.ndarray,
+    witnesses: Mapping[str, np.ndarray],
+    created_at: np.ndarray,
+    declared: Votes,
+    lake: Votes,
+    lake_rule: DirectionRule | None,
+    default_rule: DirectionRule,
+    k: int = 10,
+) -> FamilyDirection:
+    """One family's rule from its evidence, strongest first (see the module docstring).
+
+    Args:
+        x: the members' distance vectors; witnesses: their witness values, by name.
+        created_at: their upload times (nan unknown); tree edges with both ends timed
+            count as evidence, oriented older -> newer, alongside the declared edges.
+        declared: votes of the family's own declared edges; lake: of all declared edges.
+        lake_rule: the rule all declared edges agree with best (None without any).
+    """
+    a, b = undirected_tree(x, k)
+    t = created_at
+    timed = np.isfinite(t[a]) & np.isfinite(t[b]) & (t[a] != t[b])
+    older, newer = np.where(t[a] < t[b], a, b)[timed], np.where(t[a] < t[b], b, a)[timed]
+    votes = dict(declared)
+    for key, (right, n) in direction_votes({w: v[older] for w, v in witnesses.items()}, {w: v[newer] for w, v in witnesses.items()}).items():
+        right0, n0 = votes.get(key, (0, 0))
+        votes[key] = (right0 + right, n0 + n)
+    rule = choose_direction(votes, "declared", prior=lake)
+    if rule is not None:
+        n_declared, n_timed = max((n for _, n in declared.values()), default=0), int(timed.sum())
+        source = "declared" if not n_timed else "upload times" if not n_declared else "declared and upload times"
+        why = f"{source}: agrees with {rule.agreement:.0%} of {rule.n_evidence} edges"
+        return FamilyDirection(DirectionRule(source, rule.witness, rule.sign, rule.agreement, rule.n_evidence), 2 * rule.agreement - 1, why)
+    shape = shape_direction(a, b, witnesses)
+    if shape is not None:
+        return shape
+    fallback = lake_rule or default_rule
+    if not np.isfinite(witnesses[fallback.witness]).any():
+        fallback = PAPER_RULE
+    agree = _witness_agreement(a, b, witnesses, fallback)
+    origin = "declared edges of other families" if lake_rule else "default for fine-tunes of pretrained models"
+    notes = ", ".join(f"{w} {v:.0%}" for w, v in agree.items())
+    confidence = 0.5 * float(np.mean(list(agree.values()))) if agree else 0.25
+    return FamilyDirection(fallback, confidence, f"{origin}; tree shape does not tell" + (f"; other witnesses agree: {notes}" if notes else ""))
+
+
+EXPECTED_SIGN = {"kurtosis": +1, "norm": -1, "rank": -1}  # the published rules: kurtosis falls, norm and rank grow
+
+
+def _witness_agreement(a: np.ndarray, b: np.ndarray, witnesses: Mapping[str, np.ndarray], rule: DirectionRule) -> dict[str, float]:
+    """Per other witness, the share of tree edges (oriented from ``rule``'s best root) it moves along as expected."""
+    out = {}
+    if len(a) == 0:
+        return out
+    parent, child = oriented_edges(a, b, shape_score(a, b, witnesses[rule.witness], rule.sign).root, len(witnesses[rule.witness]))
+    for w, values in witnesses.items():
+        v = EXPECTED_SIGN[w] * values
+        usable = np.isfinite(v[parent]) & np.isfinite(v[child]) & (v[parent] != v[child])
+        if w != rule.witness and usable.any():
+            out[w] = float((v[parent] > v[child])[usable].mean())
+    return out
+
+
+def oriented_edges(a: np.ndarray, b: np.ndarray, root: int, n: int, others: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(parent, child) of the forest (a, b) oriented away from ``root``; other trees from ``others``, else their first node."""
+    adj = coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+    pred = np.full(n, -2)
+    for start in [root, *others, *range(n)]:
+        if pred[start] != -2:
+            continue
+        order, p = breadth_first_order(adj, start, directed=False, return_predecessors=True)
+        pred[order] = p[order]
+    child = np.nonzero(pred >= 0)[0]
+    return pred[child], child
+
+
+def reroot(parent: np.ndarray, values: np.ndarray, sign: int) -> np.ndarray:
+    """``parent`` re-oriented from the root whose orientation ``sign * values`` agrees with most.
+
+    MoTHer prices the witness edge by edge, so one noisy value turns one edge; a family has
+    one root, and choosing it by the agreement of all edges at once turns a witness that
+    holds on most edges into a tree directed right on all of them.
+    """
+    child = np.nonzero(parent >= 0)[0]
+    a, b = parent[child], child
+    if len(a) == 0:
+        return parent
+    root = shape_score(a, b, values, sign).root
+    p, c = oriented_edges(a, b, root, len(parent), np.nonzero(parent < 0)[0])
+    out = np.full(len(parent), -1)
+    out[c] = p
+    return out

@@ -1,0 +1,203 @@
+"""ProbeX: learned probes of one weight matrix, what a model was trained on, in a space shared with text.
+
+methods.md §7. One expert per model tree (family); each reads one layer X (d_H x d_W) of
+every member. The untrained fingerprint (``probes.probe_features``) fixes U and V; here
+they are learned:
+
+    Z = ReLU(V^T X~ U)                      r_V x r_U responses to learned probes U (d_W x r_U),
+                                            V (d_H x r_V) a shared projection, no bias
+    h = W_e vec(Z) + b_e                    the representation (width r_T)
+    p = sigmoid(W_c h + b_c)                multi-label scores (binary cross-entropy)
+    s_l = cos(h, W_t t_l) / tau             alignment with the frozen text embedding t_l of
+                                            each label's text (cross-entropy over labels)
+
+X~ = sqrt(d_H d_W) (X - B) / ||X - B||_F keeps only the direction of a model's update from
+its family's base B (the tree's root where the lake has it, else the members' mean): the
+weights the family shares do not drown the update, and how far a fine-tune went (its
+learning rate and length, the nuisance of a hub) does not count, only where it went.
+The layer of an expert is the one whose held-out members are labelled best
+in cross-validation (``fit_expert``); then the expert is refitted on every labelled member for the best
+validation epoch count. A query's embedding q reaches the same space through W_t, so
+``cos(h, W_t q)`` ranks models by text, and a model never labelled is found by its weights.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ProbexSettings:
+    """Sizes and training of one expert; the defaults are the paper's where it gives them."""
+
+    r_u: int = 32
+    r_v: int = 32
+    r_t: int = 128
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 128
+    temperature: float = 0.1
+    align_weight: float = 1.0
+    folds: int = 4  # cross-validation folds for the layer and epoch choice
+    seed: int = 0
+
+
+class ProbexNet(nn.Module):
+    """The learned part of an expert: probes, projection, encoder, label head, text map."""
+
+    def __init__(self, d_h: int, d_w: int, n_labels: int, text_dim: int, s: ProbexSettings):
+        super().__init__()
+        g = torch.Generator().manual_seed(s.seed)
+        self.probes = nn.Parameter(torch.randn(d_w, s.r_u, generator=g) / math.sqrt(d_w))
+        self.projection = nn.Parameter(torch.randn(d_h, s.r_v, generator=g) / math.sqrt(d_h))
+        self.encoder = nn.Linear(s.r_v * s.r_u, s.r_t)
+        self.head = nn.Linear(s.r_t, n_labels)
+        self.text_map = nn.Linear(text_dim, s.r_t, bias=False)
+
+    def responses(self, x: Tensor) -> Tensor:
+        """Z = ReLU(V^T X U) for a batch (n, d_H, d_W) of centred layers, flattened to (n, r_V r_U)."""
+        return torch.relu(self.projection.T @ x @ self.probes).flatten(1)
+
+    def represent(self, z: Tensor) -> Tensor:
+        return self.encoder(z)
+
+    def text_space(self, text: Tensor) -> Tensor:
+        return F.normalize(self.text_map(text), dim=-1)
+
+
+@dataclass
+class ProbexExpert:
+    """A fitted expert of one family: its layer, the centring, the net, its labels and their texts."""
+
+    layer: str
+    shape: tuple[int, int]
+    labels: list[str]
+    texts: list[str]
+    center: Tensor  # B, (d_H, d_W)
+    net: ProbexNet
+    settings: ProbexSettings
+    val_accuracy: float
+    epochs: int
+
+    def normalise(self, x: Tensor) -> Tensor:
+        return direction(x, self.center)
+
+    def responses(self, layers: Tensor) -> Tensor:
+        """Probe responses of raw layers (n, d_H, d_W): what a worker computes next to the weights."""
+        with torch.no_grad():
+            return self.net.responses(self.normalise(layers))
+
+    def predict(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores in [0, 1] per label (n, L), unit representations (n, r_T)) from probe responses."""
+        with torch.no_grad():
+            h = self.net.represent(z)
+            return torch.sigmoid(self.net.head(h)), F.normalize(h, dim=-1)
+
+    def query(self, text_embeddings: Tensor) -> Tensor:
+        """Text embeddings (n, 384) mapped into the space of ``predict``'s representations."""
+        with torch.no_grad():
+            return self.net.text_space(text_embeddings.float())
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        arrays = {f"{prefix}{k}": v.detach().numpy() for k, v in self.net.state_dict().items()}
+        return arrays | {
+            f"{prefix}center": self.center.numpy(),
+            f"{prefix}meta": np.array([self.layer, *self.labels]),
+            f"{prefix}texts": np.array(self.texts),
+            f"{prefix}numbers": np.array([self.val_accuracy, self.epochs, self.settings.r_u, self.settings.r_v,
+                                          self.settings.r_t, self.settings.temperature]),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ProbexExpert:
+        layer, *labels = (str(v) for v in arrays[f"{prefix}meta"])
+        val_accuracy, epochs, r_u, r_v, r_t, temperature = arrays[f"{prefix}numbers"].tolist()
+        settings = ProbexSettings(r_u=int(r_u), r_v=int(r_v), r_t=int(r_t), temperature=temperature)
+        center = torch.from_numpy(arrays[f"{prefix}center"])
+        text_dim = arrays[f"{prefix}text_map.weight"].shape[1]
+        net = ProbexNet(*center.shape, len(labels), text_dim, settings)
+        net.load_state_dict({k: torch.from_numpy(arrays[f"{prefix}{k}"]) for k in net.state_dict()})
+        return cls(layer, tuple(center.shape), labels, [str(t) for t in arrays[f"{prefix}texts"]], center, net,
+                   settings, val_accuracy, int(epochs))
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def train_net(x: Tensor, y: Tensor, text: Tensor, s: ProbexSettings, epochs: int,
+              x_val: Tensor | None = None, y_val: Tensor | None = None) -> tuple[ProbexNet, list[float]]:
+    """Adam on BCE(head) + align_weight * CE(cosine logits over label texts), for ``epochs`` epochs.
+
+    Returns the net after the last epoch and, when a validation set is given, its mean
+    per-label accuracy after each epoch (the caller picks the best epoch count).
+    """
+    torch.manual_seed(s.seed)
+    net = ProbexNet(x.shape[1], x.shape[2], y.shape[1], text.shape[1], s)
+    opt = torch.optim.Adam(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    target = y / y.sum(1, keepdim=True).clamp(min=1)  # a model with k labels: 1/k on each
+    history = []
+    for _ in range(epochs):
+        for rows in torch.randperm(len(x)).split(s.batch_size):
+            h = net.represent(net.responses(x[rows]))
+            logits = F.normalize(h, dim=-1) @ net.text_space(text).T / s.temperature
+            align = -(target[rows] * logits.log_softmax(-1)).sum(-1)[y[rows].sum(1) > 0].mean().nan_to_num()
+            loss = F.binary_cross_entropy_with_logits(net.head(h), y[rows]) + s.align_weight * align
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if x_val is not None:
+            with torch.no_grad():
+                history.append(label_accuracy(torch.sigmoid(net.head(net.represent(net.responses(x_val)))), y_val))
+    return net, history
+
+
+def label_accuracy(scores: Tensor, y: Tensor) -> float:
+    """Mean over labels of the accuracy of ``score >= 0.5`` (Model-J's metric)."""
+    return ((scores >= 0.5).float() == y).float().mean(0).mean().item()
+
+
+def folds(n: int, k: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """A seeded k-fold split of n rows: (train, validation) pairs whose validation rows cover all n once."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = [p for p in order.tensor_split(min(k, n)) if len(p)]
+    return [(torch.cat([q for j, q in enumerate(parts) if j != i]), p) for i, p in enumerate(parts)]
+
+
+def direction(x: Tensor, center: Tensor) -> Tensor:
+    """sqrt(d_H d_W) (X - B) / ||X - B||_F for each layer of a batch (n, d_H, d_W): entries of order 1."""
+    d = x.float() - center
+    return d * math.sqrt(center.numel()) / d.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
+
+
+def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], texts: Sequence[str], text: Tensor,
+               base: dict[str, Tensor] | None = None, s: ProbexSettings = ProbexSettings()) -> tuple[ProbexExpert, dict[str, float]]:
+    """The family's expert: each candidate layer (name -> (n, d_H, d_W)) trained and scored by
+    k-fold cross-validation over the labelled members (a family has few: one small validation
+    split would pick layers and epoch counts by chance); the best layer refitted on all of them
+    for the best mean epoch count. ``base`` holds the family base's layers (else the labelled
+    members' mean stands in for it).
+
+    Returns the expert and every candidate's cross-validated accuracy (the layer choice, shown).
+    """
+    scores: dict[str, tuple[float, int]] = {}
+    centers = {name: base[name].float() if base else x.float().mean(0) for name, x in layers.items()}
+    splits = folds(len(y), s.folds, s.seed)
+    for name, x in layers.items():
+        xn = direction(x, centers[name])
+        curves = [np.array(train_net(xn[tr], y[tr], text, s, s.epochs, xn[va], y[va])[1]) * len(va) for tr, va in splits]
+        history = sum(curves) / len(y)
+        best = int(np.argmax(history))  # the first epoch count at the best mean accuracy
+        scores[name] = (float(history[best]), best + 1)
+    layer = max(scores, key=lambda n: (scores[n][0], -list(layers).index(n)))
+    accuracy, epochs = scores[layer]
+    x = layers[layer]
+    net, _ = train_net(direction(x, centers[layer]), y, text, s, epochs)
+    expert = ProbexExpert(layer, tuple(x.shape[1:]), list(labels), list(texts), centers[layer], net, s, accuracy, epochs)
+    return expert, {n: v[0] for n, v in scores.items()}
