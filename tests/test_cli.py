@@ -62,7 +62,7 @@ def test_sql_to_parquet_and_from_a_file_or_stdin(lake, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "repos.parquet"
-    result = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "parquet", "--out", str(out), "SELECT repo_id FROM repos"])
+    result = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "parquet", "--out", str(out), "SELECT repo_id FROM repos ORDER BY repo_id"])
     assert result.exit_code == 0 and pq.read_table(out).column("repo_id").to_pylist() == ["org/m0", "org/m1", "org/m2"]
     no_out = CliRunner().invoke(main, ["sql", "--lake", lake, "--format", "parquet", "SELECT 1"])
     assert no_out.exit_code == 2 and "--out" in no_out.output
