@@ -13,13 +13,14 @@ def _layers(repo_id: str, seed: int, created_at: float | None = None) -> list[di
     for name, shape, kurt in [("model.layers.0.self_attn.q_proj.weight", [4, 4], 1.0), ("model.layers.0.self_attn.o_proj.weight", [4, 4], 2.5),
                               ("model.layers.0.mlp.up_proj.weight", [8, 4], 9.0)]:
         rows.append({"repo_id": repo_id, "revision": f"rev-{repo_id}", "tensor": name, "shape": shape,
+                     "row_begin": None, "row_end": None, "numel": int(np.prod(shape)),  # whole tensors, as the lake gives them
                      "sketch": rng.normal(size=6).tolist(), "kurtosis": kurt + seed, "created_at": created_at})
     return rows
 
 
 def test_models_are_points_of_their_square_attention_layers_with_kurtosis_of_the_output_projection():
     adapter = [{"repo_id": "org/lora", "revision": "r", "tensor": "base.q_proj.lora_A.weight", "shape": [2, 4],
-                "sketch": [0.0], "kurtosis": 0.0, "created_at": None}]
+                "row_begin": None, "row_end": None, "numel": 8, "sketch": [0.0], "kurtosis": 0.0, "created_at": None}]
     rows = _layers("org/a", 0, created_at=100.0) + _layers("org/b", 1) + adapter
     models, revisions = models_from_layers(rows, relation={"org/b": "quantized"})
     assert models.ids == ["org/a", "org/b"]  # the adapter has no square attention layer

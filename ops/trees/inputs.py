@@ -38,7 +38,7 @@ def models_from_layers(rows: Sequence[Mapping], relation: Mapping[str, str]) -> 
             continue  # adapters and models without attention matrices have no place in weight space
         by_name = {r["tensor"]: r for r in layers}
         # The rows read are part of the block: models sampled at other rows are never compared.
-        signature = architecture_signature({n: [*shapes[n], by_name[n].get("row_begin"), by_name[n].get("row_end")] for n in chosen}, chosen)
+        signature = architecture_signature({n: [*shapes[n], by_name[n]["row_begin"], by_name[n]["row_end"]] for n in chosen}, chosen)
         ids.append(repo_id)
         signatures.append(signature)
         vectors.append(distance_vector([by_name[n]["sketch"] for n in chosen], [by_name[n]["numel"] for n in chosen]))
