@@ -114,7 +114,7 @@ def test_cron_deployment_on_a_given_server_and_reruns_that_check_first(tmp_path,
         assert rows == ["org/m0", "org/m1", "org/m2"]
         runs = Lake(str(lake)).query("SELECT flow, status, flow_run_id, root_flow_run_id FROM crawl_runs").to_pylist()
         assert sorted((r["flow"], r["status"]) for r in runs) == sorted(
-            [(flow, "completed") for flow in ("run", "crawl", "stats", "trees", "lora")] * 2  # the whole pipeline, twice
+            [(flow, "completed") for flow in ("run", "crawl", "stats", "trees", "lora", "compact")] * 2  # the whole pipeline, twice
         )
         assert len({r["root_flow_run_id"] for r in runs}) == 2 and all(r["flow_run_id"] for r in runs)
 
