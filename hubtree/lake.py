@@ -277,6 +277,17 @@ class Lake:
         rows = self.query("SELECT key, path FROM blobs WHERE kind = ? ORDER BY key", [kind]).to_pylist()
         return {r["key"]: r["path"] for r in rows}
 
+    def read_latest_blob(self, kind: str, key: str | None, name: str, fit_hint: str) -> tuple[str, bytes]:
+        """(key, bytes) of blob ``key`` of ``kind``, or of the latest; a LakeError that names ``name``
+        and says how to make one (``fit_hint``) when there is none, or lists the keys there are."""
+        found = self.blobs(kind)
+        if not found:
+            raise LakeError(f"no {name} in {self.url}: run `{fit_hint}` first")
+        key = key or list(found)[-1]
+        if key not in found:
+            raise LakeError(f"no {name} {key!r} in {self.url} (have: {', '.join(found)})")
+        return key, self.read_blob(found[key])
+
     # -- upkeep ----------------------------------------------------------------
     def snapshots(self) -> pa.Table:
         """Every snapshot, oldest first: id, time, stage, run id."""

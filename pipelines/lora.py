@@ -277,13 +277,8 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
 
 def load_dsire_model(lake: Lake, model_id: str | None = None) -> tuple[str, DsireModel, set[str]]:
     """(id, model, its training adapters): ``model_id`` or the latest fit."""
-    found = lake.blobs("dsire")
-    if not found:
-        raise LakeError(f"no DSiRe model in {lake.url}: run `hubtree dsire fit --lake {lake.url} --labels CSV` first")
-    model_id = model_id or list(found)[-1]
-    if model_id not in found:
-        raise LakeError(f"no DSiRe model {model_id!r} in {lake.url} (have: {', '.join(found)})")
-    arrays = dict(np.load(io.BytesIO(lake.read_blob(found[model_id])), allow_pickle=False))
+    model_id, data = lake.read_latest_blob("dsire", model_id, "DSiRe model", f"hubtree dsire fit --lake {lake.url} --labels CSV")
+    arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
     train = {str(r) for r in arrays.pop("train_repos")}
     arrays.pop("train_revisions", None)
     return model_id, DsireModel.from_arrays(arrays), train

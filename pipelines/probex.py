@@ -258,14 +258,8 @@ class ProbexModel:
 
 def load_probex_model(lake: Lake, model_id: str | None = None) -> ProbexModel:
     """``model_id`` or the latest fit in the lake."""
-    found = lake.blobs("probex")
-    ids = list(found)
-    if not ids:
-        raise LakeError(f"no ProbeX model in {lake.url}: run `hubtree probex fit --lake {lake.url}` first")
-    model_id = model_id or ids[-1]
-    if model_id not in ids:
-        raise LakeError(f"no ProbeX model {model_id!r} in {lake.url} (have: {', '.join(ids)})")
-    arrays = dict(np.load(io.BytesIO(lake.read_blob(found[model_id])), allow_pickle=False))
+    model_id, data = lake.read_latest_blob("probex", model_id, "ProbeX model", f"hubtree probex fit --lake {lake.url}")
+    arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
     families = [int(f) for f in arrays["families"]]
     experts = {f: ProbexExpert.from_arrays(arrays, f"family{f}/") for f in families}
     train = {f: [str(r) for r in arrays[f"family{f}/train_repos"]] for f in families}
