@@ -35,8 +35,8 @@ from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
 from hubtree.ops.trees.families import square_attention_layers
-from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_rows
-from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for, read_tensor
+from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_blocks
+from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
@@ -100,7 +100,7 @@ class StatsWorker:
             try:
                 handle = source.open_file(ref, file)
                 for chunk in _chunks(entries_for(handle, names, file)):
-                    tensors = {e.name: as_float_tensor(_read(handle, e, unit.samples.get(e.name))) for e in chunk}
+                    tensors = {name: as_float_tensor(a) for name, a in read_blocks(handle, chunk, unit.samples).items()}
                     self._rows(file, {e.name: e for e in chunk}, tensors, result)
             except HubtreeError as err:
                 result.errors.append(CrawlError.of(err, ref, "stats", file))
@@ -120,7 +120,7 @@ class StatsWorker:
             for file, names in unit.files.items():
                 handle = source.open_file(ref, file)
                 try:
-                    tensors |= {e.name: as_float_tensor(read_tensor(handle, e)) for e in entries_for(handle, names, file)}
+                    tensors |= {name: as_float_tensor(a) for name, a in read_blocks(handle, entries_for(handle, names, file), {}).items()}
                 finally:
                     nbytes += handle.bytes_read
             return unit, fn(tensors), None, nbytes
@@ -146,11 +146,6 @@ class StatsWorker:
                     {**key, "seed": s.sketch_seed, "n_probes": s.n_probes, "out_dim": s.probe_dim,
                      "features": probe_features(t, s.n_probes, s.probe_dim, s.sketch_seed).cpu().tolist()}
                 )
-
-
-def _read(handle, entry, sample: RowSample | None):
-    """The tensor's sampled rows (one byte range), or all of it."""
-    return read_tensor(handle, entry) if sample is None else read_rows(handle, entry, sample)
 
 
 def _chunks(entries: list) -> list[list]:

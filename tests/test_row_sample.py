@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_rows, sample_range, sample_rows
+from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_samples, read_blocks, sample_rows, tensor_range
 from hubtree.ops.weights.safetensors_reader import TensorEntry, parse_header
 from hubtree.ops.zoo.big_family import LLAMA2_7B, BigFamily, layout
 
@@ -33,14 +33,23 @@ class _Bytes:
         return self.data[start:end]
 
 
-def test_read_rows_is_one_range_of_exactly_the_budgeted_bytes():
+def test_sampled_rows_are_one_range_of_exactly_the_budgeted_bytes():
     w = np.arange(20 * 6, dtype=np.float32).reshape(20, 6)
     entry = TensorEntry("w", "F32", (20, 6), "f", 16, 16 + w.nbytes)
     source = _Bytes(b"\0" * 16 + w.tobytes())
     s = sample_rows("w", (20, 6), 4)
-    got = read_rows(source, entry, s)
+    got = read_blocks(source, [entry], {"w": s})["w"]
     assert np.array_equal(got, w[s.begin : s.end])
-    assert source.reads == [sample_range(entry, s)] and source.bytes_read == 4 * 6 * 4
+    assert source.reads == [tensor_range(entry, s)] and source.bytes_read == 4 * 6 * 4
+
+
+def test_whole_tensors_packed_back_to_back_are_one_read_and_samples_stay_apart():
+    a, b, c = (np.full((8, 4), k, dtype=np.float32) for k in (1, 2, 3))
+    entries = [TensorEntry(n, "F32", (8, 4), "f", 16 + i * 128, 16 + (i + 1) * 128) for i, n in enumerate("abc")]
+    source = _Bytes(b"\0" * 16 + a.tobytes() + b.tobytes() + c.tobytes())
+    got = read_blocks(source, entries, {"c": RowSample(2, 4)})
+    assert source.reads == [(16, 272), (16 + 256 + 2 * 16, 16 + 256 + 4 * 16)]  # a and b in one read, c's rows alone
+    assert np.array_equal(got["a"], a) and np.array_equal(got["b"], b) and np.array_equal(got["c"], c[2:4])
 
 
 def test_default_budget_keeps_a_llama2_7b_under_a_thousandth_of_its_bytes_and_a_small_model_whole():
@@ -64,7 +73,7 @@ def test_big_family_header_and_ranges_are_consistent():
     assert len(header.tensors) == len(shard.tensors) and header.tensors[-1].end == shard.size
     entry = next(e for e in header.tensors if e.name.endswith("self_attn.v_proj.weight"))
     s = sample_rows(entry.name, entry.shape, 8)
-    start, end = sample_range(entry, s)
+    start, end = tensor_range(entry, s)
     block = family.read(child, shard.path, start, end)
     assert family.read(child, shard.path, start + 5, start + 4101) == block[5:4101]  # any range agrees
     placed = next(p for p in shard.tensors if p.name == entry.name)

@@ -10,7 +10,8 @@ has expired, or when the CDN answers 403 (a signature the CDN no longer accepts)
 Files the hub serves itself (small, non-LFS: cards, configs) answer 200/206 directly.
 
 ``read(start, end)`` sends exactly ``Range: bytes=start-(end-1)``: never an open-ended
-range, never a read-ahead. ``read_ranges`` coalesces adjacent ranges into one request.
+range, never a read-ahead (``safetensors_reader.read_ranges`` coalesces adjacent ranges
+into one read before they get here).
 Requests go through huggingface_hub's shared session with its headers, so ``HF_TOKEN``,
 a saved login, proxies and a custom client factory behave as users of huggingface_hub
 expect; the token goes to the hub only (never to the CDN, as huggingface_hub does), and
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -172,16 +173,6 @@ class HttpFile:
             raise TruncatedFileError(f"{self.url}: wanted bytes {start}-{end - 1}, the file has {self._size}")
         return data
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``(start, end)``, in order; adjacent or overlapping ranges share one request."""
-        merged = coalesce(ranges)
-        blocks = {(start, end): self.read(start, end) for start, end in merged}
-        out = []
-        for start, end in ranges:
-            block_start, block_end = next((s, e) for s, e in merged if s <= start and end <= e)
-            out.append(blocks[(block_start, block_end)][start - block_start : end - block_start])
-        return out
-
     def read_prefix(self, limit: int) -> bytes:
         """The first ``limit`` bytes, or the whole file if it is shorter, in one ranged GET (no HEAD first)."""
         return self._get(0, limit) if limit > 0 else b""
@@ -277,17 +268,6 @@ class HttpFile:
     def _count(self, kind: str | None = None, nbytes: int = 0) -> None:
         for sink in self._sinks:
             sink.add(kind, nbytes)
-
-
-def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted ranges with adjacent or overlapping ones merged: ``[(0, 4), (4, 9), (20, 30)] -> [(0, 9), (20, 30)]``."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(r for r in ranges if r[1] > r[0]):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def _total_size(response: httpx2.Response) -> str | None:

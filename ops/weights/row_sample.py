@@ -18,12 +18,12 @@ at equal rows, so the sampling error is mostly shared and cancels in the compari
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from hubtree.ops.weights.safetensors_reader import ByteSource, TensorEntry, decode
+from hubtree.ops.weights.safetensors_reader import ByteSource, TensorEntry, decode, read_ranges
 
 DEFAULT_BUDGET = 8 << 20  # bytes per model: a Llama-2-7B's 128 attention matrices at 8 rows each, 0.062% of its bytes
 
@@ -75,22 +75,27 @@ def row_bytes(entry: TensorEntry) -> int:
     return entry.nbytes // entry.shape[0] if len(entry.shape) > 1 and entry.shape[0] else entry.nbytes
 
 
-def sample_range(entry: TensorEntry, sample: RowSample) -> tuple[int, int]:
-    """The byte range ``[start, end)`` of ``sample`` in the tensor's file."""
+def tensor_range(entry: TensorEntry, sample: RowSample | None) -> tuple[int, int]:
+    """The byte range ``[start, end)`` of the sampled rows in the tensor's file, or of the whole tensor."""
+    if sample is None:
+        return entry.begin, entry.end
+    if sample.end > (entry.shape[0] if len(entry.shape) > 1 else 1) or sample.begin < 0:
+        raise ValueError(f"rows {sample.begin}-{sample.end} are outside tensor {entry.name!r} {entry.shape}")
     step = row_bytes(entry)
     return entry.begin + sample.begin * step, entry.begin + sample.end * step
 
 
-def read_rows(source: ByteSource, entry: TensorEntry, sample: RowSample) -> np.ndarray:
-    """The sampled rows as an array of the tensor's dtype, shape ``(rows, *shape[1:])``.
+def read_blocks(source: ByteSource, entries: Sequence[TensorEntry], samples: Mapping[str, RowSample]) -> dict[str, np.ndarray]:
+    """Each tensor's sampled rows (``samples[name]``) or, where it has none, all of it, in its own dtype.
 
-    ``entry`` must come from the file's own validated header (``entries_for``), so the range
-    lies inside the tensor's bytes.
+    One range per tensor, and tensors whose ranges touch (whole tensors, packed back to back)
+    share one read. ``entries`` must come from the file's own validated header
+    (``entries_for``), so every range lies inside its tensor's bytes.
     """
-    if sample.end > (entry.shape[0] if len(entry.shape) > 1 else 1) or sample.begin < 0:
-        raise ValueError(f"rows {sample.begin}-{sample.end} are outside tensor {entry.name!r} {entry.shape}")
-    start, end = sample_range(entry, sample)
-    shape = (sample.rows, *entry.shape[1:]) if len(entry.shape) > 1 else entry.shape
-    return decode(source.read(start, end), entry.dtype, shape)
-
-
+    ranges = [tensor_range(e, samples.get(e.name)) for e in entries]
+    out = {}
+    for entry, raw in zip(entries, read_ranges(source, ranges)):
+        sample = samples.get(entry.name)
+        shape = entry.shape if sample is None or len(entry.shape) < 2 else (sample.rows, *entry.shape[1:])
+        out[entry.name] = decode(raw, entry.dtype, shape)
+    return out

@@ -19,6 +19,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Protocol
 
 import ml_dtypes
@@ -288,6 +289,34 @@ def entries_for(source: ByteSource, names: list[str], file: str = "") -> list[Te
             f"(first: {missing[0]!r}); recrawl the repo"
         )
     return [header[n] for n in names]
+
+
+def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with adjacent or overlapping ones merged: ``[(0, 4), (4, 9), (20, 30)] -> [(0, 9), (20, 30)]``."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def read_ranges(source: ByteSource, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+    """The bytes of each ``(start, end)``, in order; adjacent or overlapping ranges share one read.
+
+    Safetensors packs tensors back to back, so the tensors of a file read in full are one
+    request, not one each: on a remote hub a request costs more than its bytes.
+    """
+    blocks = [(start, end, memoryview(source.read(start, end))) for start, end in coalesce(ranges)]
+    out = []
+    for start, end in ranges:
+        if end <= start:
+            out.append(memoryview(b""))
+            continue
+        block_start, _, data = next(b for b in blocks if b[0] <= start and end <= b[1])
+        out.append(data[start - block_start : end - block_start])
+    return out
 
 
 def read_tensor(source: ByteSource, entry: TensorEntry) -> np.ndarray:
