@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
-from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo
+from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo, split_copy
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.weights.safetensors_reader import TensorEntry
@@ -107,7 +107,7 @@ def copy_duplicate_tensors(lake: Lake, catalogs: list[RepoCatalog]) -> None:
     if not wanted:
         return
     where = " OR ".join("(repo_id = ? AND revision = ? AND file = ?)" for _ in wanted)
-    params = [part for copy in sorted(wanted) for part in _split_copy(copy)]
+    params = [part for copy in sorted(wanted) for part in split_copy(copy)]
     rows = lake.query(f"SELECT repo_id, revision, file, name, dtype, shape, data_begin, data_end FROM tensors WHERE {where}", params).to_pylist()
     by_copy: dict[str, list[dict]] = {}
     for r in rows:
@@ -115,12 +115,6 @@ def copy_duplicate_tensors(lake: Lake, catalogs: list[RepoCatalog]) -> None:
     for cat in catalogs:
         for path, copy in cat.duplicates.items():
             cat.tensors += [TensorEntry(r["name"], r["dtype"], tuple(r["shape"]), path, r["data_begin"], r["data_end"]) for r in by_copy.get(copy, [])]
-
-
-def _split_copy(copy: str) -> tuple[str, str, str]:
-    repo_id, rest = copy.split("@", 1)
-    revision, path = rest.split(":", 1)
-    return repo_id, revision, path
 
 
 @task(cache_policy=NONE)

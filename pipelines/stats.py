@@ -12,7 +12,9 @@ has them, else a CPU). One work unit is one model revision: its tensors are read
 file by file (byte ranges from a remote hub, ``pread`` from a local folder), after the
 file's header is read again and checked, and the layers of the unit are handled in
 batches so same-shaped matrices share one batched eigen-decomposition. A tensor whose
-(repo, revision, name, rows) already has statistics in the lake is never read again.
+(repo, revision, name, rows) already has statistics in the lake is never read again, and
+a file the crawl found to be a byte-for-byte copy of another (``files.duplicate_of``, by
+sha256) is not read at all: its rows are its original's, once the original has them.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
-from hubtree.ops.hub.catalog import CrawlError
+from hubtree.ops.hub.catalog import CrawlError, split_copy
 from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
@@ -67,6 +69,18 @@ class ModelUnit:
     files: dict[str, list[str]]  # file -> tensor names
     nbytes: int
     samples: dict[str, RowSample] = field(default_factory=dict)  # tensor -> rows read; absent: all of it
+
+
+@dataclass
+class CopiedFile:
+    """A weights file the crawl found to be an exact copy (same sha256) of one in the lake: its rows are the copy's."""
+
+    repo_id: str
+    revision: str
+    file: str
+    hub: str
+    of: tuple[str, str, str]  # (repo_id, revision, path) of the file it copies
+    samples: dict[str, RowSample | None]  # tensor -> rows wanted; None: all of it
 
 
 @dataclass
@@ -162,14 +176,19 @@ def _chunks(entries: list) -> list[list]:
 
 
 @task(cache_policy=NONE)
-def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = StatsSettings()) -> list[ModelUnit]:
-    """Floating, non-empty tensors of the latest revisions without statistics at ``settings``' rows, by model.
+def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = StatsSettings()) -> tuple[list[ModelUnit], list[CopiedFile]]:
+    """Floating, non-empty tensors of the latest revisions without statistics at ``settings``' rows, by model;
+    and, apart, those in files that copy another file byte for byte (``files.duplicate_of``), never read.
 
     Which tensors: those ``layers`` matches; without ``layers``, the tree stage's (square
     attention matrices) when sampling, every floating tensor when reading whole ones. The
     sampled rows are planned over the chosen tensors (``plan_samples``), so the plan is the
     same for every model of an architecture. ``nbytes`` counts what will be read.
     """
+    copies = {
+        (r["repo_id"], r["revision"], r["path"]): split_copy(r["duplicate_of"])
+        for r in lake.query("SELECT repo_id, revision, path, duplicate_of FROM files WHERE duplicate_of IS NOT NULL").to_pylist()
+    }
     rows = lake.query(
         f"""
         SELECT t.repo_id, t.revision, r.hub, t.file, t.name, t.shape, t.data_end - t.data_begin AS nbytes
@@ -186,7 +205,7 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
     for row in rows:
         by_model.setdefault((row["repo_id"], row["revision"]), []).append(row)
     pattern = re.compile(layers) if layers else None
-    units = []
+    units, copied = [], {}
     for (repo_id, revision), tensors in by_model.items():
         if pattern is not None:
             chosen = {t["name"] for t in tensors if pattern.search(t["name"])}
@@ -202,6 +221,11 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
             sample = plan.get(t["name"])
             if (repo_id, revision, t["name"], sample and sample.begin, sample and sample.end) in done:
                 continue
+            if (repo_id, revision, t["file"]) in copies:
+                copy = copied.setdefault((repo_id, revision, t["file"]), CopiedFile(
+                    repo_id, revision, t["file"], t["hub"], copies[(repo_id, revision, t["file"])], {}))
+                copy.samples[t["name"]] = sample
+                continue
             unit.files.setdefault(t["file"], []).append(t["name"])
             rows = t["shape"][0] if len(t["shape"]) > 1 else 1
             unit.nbytes += t["nbytes"] if sample is None else t["nbytes"] * sample.rows // max(1, rows)
@@ -209,7 +233,38 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
                 unit.samples[t["name"]] = sample
         if unit.files:
             units.append(unit)
-    return units
+    return units, list(copied.values())
+
+
+def copied_rows(lake: Lake, copied: list[CopiedFile]) -> tuple[dict[str, list[dict]], list[CopiedFile]]:
+    """The rows of each copied file, taken from the file it copies (same bytes, same rows read, same numbers);
+    and the copied files whose original has none of them yet (it failed, or was read at other rows)."""
+    stats_tables = ("layer_stats", "layer_sketches", "probe_features")
+    out: dict[str, list[dict]] = {name: [] for name in stats_tables}
+    originals = sorted({c.of for c in copied})
+    where = " OR ".join("(repo_id = ? AND revision = ? AND file = ?)" for _ in originals)
+    params = [part for key in originals for part in key]
+    found: dict[str, dict[tuple, list[dict]]] = {}
+    for name in stats_tables:
+        by_key = found.setdefault(name, {})
+        for row in lake.query(f"SELECT * EXCLUDE (run_id, batch_id, crawl_date) FROM {name}_all WHERE {where}", params).to_pylist():
+            by_key.setdefault((row["repo_id"], row["revision"], row["file"], row["tensor"], row["row_begin"], row["row_end"]), []).append(row)
+    missing = []
+    for c in copied:
+        wanted = [(*c.of, tensor, s and s.begin, s and s.end) for tensor, s in c.samples.items()]
+        if not all(key in found["layer_stats"] for key in wanted):
+            missing.append(c)
+            continue
+        for name in stats_tables:
+            out[name] += [{**row, "repo_id": c.repo_id, "revision": c.revision, "file": c.file}
+                          for key in wanted for row in found[name].get(key, [])[:1]]
+    return out, missing
+
+
+def as_unit(copy: CopiedFile) -> ModelUnit:
+    """A copied file whose original has no rows to give, as work to read like any other file."""
+    sampled = {name: s for name, s in copy.samples.items() if s is not None}
+    return ModelUnit(copy.repo_id, copy.revision, copy.hub, {copy.file: list(copy.samples)}, 0, sampled)
 
 
 @task(cache_policy=NONE)
@@ -223,6 +278,23 @@ def stats_batch(pool: WorkerPool, units: list[ModelUnit], lake: Lake, run_id: st
     rows["crawl_errors"] = [asdict(e) for r in results for e in r.errors]
     lake.commit("stats", run_id, rows, day=day)
     return results
+
+
+def _read_units(units: list[ModelUnit], settings: StatsSettings, hub: str | None, ray_address: str | None, lake: Lake,
+                run_id: str, day: date, batch_size: int, progress: bool, summary: dict) -> None:
+    """Read ``units`` on a pool of workers in batches of ``batch_size`` models, one lake commit each; counts into ``summary``."""
+    if not units:
+        return
+    with (
+        actor_pool(lambda n: StatsWorker.options(**actor_options()).remote(settings, hub), len(units), ray_address) as pool,
+        tqdm(total=sum(u.nbytes for u in units), unit="B", unit_scale=True, desc=f"stats ({len(units)} models)", disable=not progress) as bar,
+    ):
+        for start in range(0, len(units), batch_size):
+            for result in stats_batch(pool, units[start : start + batch_size], lake, run_id, day):
+                summary["tensors"] += len(result.rows["layer_stats"])
+                summary["failed"] += bool(result.errors)
+                summary["bytes_fetched"] += result.bytes_read
+                bar.update(result.unit.nbytes)
 
 
 @flow(name="hubtree-stats", log_prints=True, on_failure=FAILURE_HOOKS)
@@ -252,21 +324,19 @@ def stats_flow(
     settings = StatsSettings(sketch_width, sketch_seed, n_probes, probe_dim, None if full else budget_bytes, sample_seed)
     params = {"lake": lake, "hub": hub, "layers": layers, "batch_size": batch_size, "ray_address": ray_address, **asdict(settings)}
     the_lake, run_id, started = begin_run(lake, "stats", params)
-    units = pending_units(the_lake, layers, settings)
-    summary = {"run_id": run_id, "status": "completed", "models": len(units), "tensors": 0, "failed": 0, "bytes_fetched": 0}
-    logger.info("%d models have tensors without statistics", len(units))
-    if units:
-        total = sum(u.nbytes for u in units)
-        with (
-            actor_pool(lambda n: StatsWorker.options(**actor_options()).remote(settings, hub), len(units), ray_address) as pool,
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"stats ({len(units)} models)", disable=not progress) as bar,
-        ):
-            for start in range(0, len(units), batch_size):
-                for result in stats_batch(pool, units[start : start + batch_size], the_lake, run_id, started.date()):
-                    summary["tensors"] += len(result.rows["layer_stats"])
-                    summary["failed"] += bool(result.errors)
-                    summary["bytes_fetched"] += result.bytes_read
-                    bar.update(result.unit.nbytes)
+    units, copied = pending_units(the_lake, layers, settings)
+    copied_models = {(c.repo_id, c.revision) for c in copied} - {(u.repo_id, u.revision) for u in units}
+    summary = {"run_id": run_id, "status": "completed", "models": len(units) + len(copied_models), "tensors": 0, "failed": 0,
+               "bytes_fetched": 0, "copied_files": 0}
+    logger.info("%d models have tensors without statistics, %d files copy another file", len(units), len(copied))
+    read = lambda work: _read_units(work, settings, hub, ray_address, the_lake, run_id, started.date(), batch_size, progress, summary)
+    read(units)
+    if copied:  # after the reads: a copy's original may have been read just now
+        rows, missing = copied_rows(the_lake, copied)
+        the_lake.commit("stats", run_id, rows, day=started.date())
+        summary["tensors"] += len(rows["layer_stats"])
+        summary["copied_files"] = len(copied) - len(missing)
+        read([as_unit(c) for c in missing])
     summary["status"] = run_status(summary["failed"], summary["models"])
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
                {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], "bytes_fetched": summary["bytes_fetched"]})

@@ -319,9 +319,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "files": (*_REPO, "path"),
     "tensors": (*_REPO, "file", "name"),
     "adapters": _REPO,
-    "layer_stats": (*_REPO, "tensor"),
-    "layer_sketches": (*_REPO, "tensor"),
-    "probe_features": (*_REPO, "tensor"),
+    # Sampled rows and the whole tensor are different facts: `stats --full` after a sampled run adds rows.
+    "layer_stats": (*_REPO, "tensor", "row_begin", "row_end"),
+    "layer_sketches": (*_REPO, "tensor", "row_begin", "row_end"),
+    "probe_features": (*_REPO, "tensor", "row_begin", "row_end"),
     "lora_spectra": (*_REPO, "layer"),
     "crawl_errors": (*_REPO, "path", "stage", "error_class", "message"),
 }

@@ -1,4 +1,6 @@
 """The stats flow: right numbers in the lake, read by range over HTTP, and a rerun does nothing."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,48 @@ def test_stats_over_http_read_only_the_tensors_by_range(hub, tmp_path, flows):
     # Plus three header reads, each the first min(100 KB, max(4 KB, 1% of the file)) (HttpFile.first_read_bytes).
     sizes = Lake(lake_dir).query("SELECT size FROM files WHERE kind = 'weights'").column(0).to_pylist()
     assert summary["bytes_fetched"] == tensor_bytes + sum(min(size, 100_000, max(4096, size // 100)) for size in sizes) and len(sizes) == 3
+
+
+def test_full_stats_after_sampled_ones_add_whole_tensor_rows_one_resolve_and_one_read_per_run_of_tensors(hub, tmp_path, flows):
+    lake_dir = str(tmp_path / "lake")
+    with running(hub) as server:
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        sampled = stats_flow(lake=lake_dir, budget_bytes=2048, progress=False)  # q and o, a few rows each
+        before = server.counters.snapshot()
+        full = stats_flow(lake=lake_dir, full=True, progress=False)
+        after = server.counters.snapshot()
+    assert (sampled["tensors"], full["tensors"]) == (6, 12)
+    lake = Lake(lake_dir)
+    kinds = lake.query("SELECT count(*) FILTER (row_begin IS NULL) AS whole, count(*) FILTER (row_begin IS NOT NULL) AS rows FROM layer_stats")
+    assert kinds.to_pylist() == [{"whole": 12, "rows": 6}]
+    # Floating tensors packed back to back are one ranged read; the int64 tensor between runs is skipped.
+    layout = lake.query("SELECT repo_id, dtype, data_begin FROM tensors ORDER BY repo_id, data_begin").to_pylist()
+    runs = sum(t["dtype"] != "I64" and (i == 0 or layout[i - 1]["dtype"] == "I64" or layout[i - 1]["repo_id"] != t["repo_id"])
+               for i, t in enumerate(layout))
+    assert after["resolvers"] - before["resolvers"] == 3  # one resolve per file
+    assert after["cdn"] - before["cdn"] == 3 + runs  # each file's header, then one read per run of tensors
+
+
+def test_a_copy_recognised_by_etag_gets_its_originals_rows_without_a_read(tmp_path, flows):
+    root = tmp_path / "hub"
+    add_repo(root, "orig/model", seed=7)
+    lake_dir = str(tmp_path / "lake")
+    with running(root) as server:
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        copy = add_repo(root, "copy/model", card="license: apache-2.0\n", seed=99)
+        shutil.copy(root / "orig/model/model.safetensors", copy / "model.safetensors")  # the same bytes, re-uploaded
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        server.cdn.requests.clear()
+        server.faults.requests.clear()
+        summary = stats_flow(lake=lake_dir, full=True, progress=False)
+        paths = {path for _, path, _ in (*server.faults.requests, *server.cdn.requests)}
+    assert summary["copied_files"] == 1 and summary["failed"] == 0 and summary["models"] == 2
+    assert any("orig/model" in p for p in paths) and not any("copy/model" in p for p in paths)  # the copy: not one byte
+    rows = "SELECT tensor, row_begin, kurtosis::VARCHAR AS kurtosis, spectrum FROM layer_stats WHERE repo_id = ? ORDER BY tensor"
+    lake = Lake(lake_dir)
+    assert lake.query(rows, ["copy/model"]).to_pylist() == lake.query(rows, ["orig/model"]).to_pylist() != []
+    sketches = "SELECT tensor, sketch FROM layer_sketches WHERE repo_id = ? ORDER BY tensor"
+    assert lake.query(sketches, ["copy/model"]).to_pylist() == lake.query(sketches, ["orig/model"]).to_pylist() != []
 
 
 @pytest.mark.slow

@@ -84,6 +84,13 @@ class AdapterInfo:
     target_modules: list[str]
 
 
+def split_copy(copy: str) -> tuple[str, str, str]:
+    """A duplicate's ``"repo_id@revision:path"`` (``files.duplicate_of``) as (repo_id, revision, path)."""
+    repo_id, rest = copy.split("@", 1)
+    revision, path = rest.split(":", 1)
+    return repo_id, revision, path
+
+
 @dataclass
 class RepoCatalog:
     """Everything a crawl learns about one repo revision."""
