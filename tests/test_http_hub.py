@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
+from datetime import datetime, timezone
 
 import httpx2
 import numpy as np
@@ -303,3 +304,13 @@ def test_family_is_safe_on_cycles_and_missing_bases(tmp_path, hub_server):
     hub = HttpHub(server.url, policy=fast_policy())
     assert [info.id for info in hub.family("x/a")] == ["x/a", "x/b"]
     assert [info.id for info in hub.family("x/gone")] == ["x/c"]
+
+
+def test_a_signed_urls_expiry_is_read_from_cloudfront_or_s3_parameters():
+    from hubtree.ops.hub.http_file import _expires
+
+    assert _expires("https://cdn.example/repos/a/b/c?Expires=1700000000&Signature=x&Key-Pair-Id=k") == 1700000000
+    s3 = "https://cas-bridge.example/xet/c?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261129T040000Z&X-Amz-Expires=3600&X-Amz-Signature=s"
+    assert _expires(s3) == datetime(2026, 11, 29, 5, 0, tzinfo=timezone.utc).timestamp()
+    assert _expires("https://cdn.example/file?X-Amz-Expires=3600&X-Amz-Date=garbled") is None
+    assert _expires("https://cdn.example/file") is None  # kept until the CDN refuses it

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
@@ -279,9 +280,19 @@ def _total_size(response: httpx2.Response) -> str | None:
 
 
 def _expires(location: str) -> float | None:
-    """A signed URL's expiry (CloudFront's ``Expires``, epoch seconds), None if it does not say."""
-    values = parse_qs(urlsplit(location).query).get("Expires")
-    return float(values[0]) if values and values[0].isdigit() else None
+    """A signed URL's expiry in epoch seconds: CloudFront's ``Expires``, or S3's ``X-Amz-Date`` plus
+    ``X-Amz-Expires`` (the Hub's Xet bridge signs that way); None if it says neither."""
+    query = parse_qs(urlsplit(location).query)
+    first = lambda key: (query.get(key) or [""])[0]
+    if first("Expires").isdigit():
+        return float(first("Expires"))
+    if first("X-Amz-Expires").isdigit():
+        try:
+            signed = datetime.strptime(first("X-Amz-Date"), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        return signed.timestamp() + int(first("X-Amz-Expires"))
+    return None
 
 
 def _read_at_most(response: httpx2.Response, limit: int) -> bytes:
