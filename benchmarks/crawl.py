@@ -66,7 +66,7 @@ def main() -> None:
         )
     print("requests = api (listing pages) + resolves (one per weights file, and per file the listing did not describe)\n"
           "+ cdn (ranges sent to the signed URL a resolve redirected to); fetched = each header read, which asks for the\n"
-          "first 100 KB at once as huggingface_hub does (the whole of files smaller than that); headers = the headers alone")
+          "first min(100 KB, max(4 KB, 1% of the file)) at once (HttpFile.first_read_bytes); headers = the headers alone")
 
 
 if __name__ == "__main__":
