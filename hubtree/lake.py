@@ -335,11 +335,22 @@ class Lake:
 
     # -- helpers ---------------------------------------------------------------
     def _ensure_tables(self, con: duckdb.DuckDBPyConnection, alias: str) -> None:
-        """Create what a new lake lacks: one ``T_all`` table per schema, the guard rows, the views."""
+        """Create what a lake lacks: one ``T_all`` table per schema, columns added since it was made, the guard rows, the views."""
         have = {r[0] for r in con.execute(f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{alias}'").fetchall()}
         views = {r[0] for r in con.execute(f"SELECT view_name FROM duckdb_views() WHERE database_name = '{alias}'").fetchall()}
-        if all(f"{t}_all" in have for t in SCHEMAS) and GUARD in have and set(VIEWS) <= views:
+        columns: dict[str, set[str]] = {}
+        for table, column in con.execute(f"SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = '{alias}'").fetchall():
+            columns.setdefault(table, set()).add(column)
+        # A lake made by an older hubtree lacks the columns added since: they are added (null in its old rows).
+        added = [(table, field) for table, schema in SCHEMAS.items() if f"{table}_all" in have
+                 for field in _with_date(schema) if field.name not in columns.get(f"{table}_all", set())]
+        if all(f"{t}_all" in have for t in SCHEMAS) and GUARD in have and set(VIEWS) <= views and not added:
             return
+        for table, field in added:
+            con.register("_empty", pa.schema([field]).empty_table())
+            column_type = con.execute("DESCRIBE SELECT * FROM _empty").fetchone()[1]
+            con.unregister("_empty")
+            con.execute(f"ALTER TABLE {table}_all ADD COLUMN {field.name} {column_type}")
         for table, schema in SCHEMAS.items():
             if f"{table}_all" not in have:
                 con.register("_empty", _with_date(schema).empty_table())
@@ -385,12 +396,12 @@ def _insert(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
     try:
         keys = KEYS.get(name)
         if keys is None:
-            con.execute(f"INSERT INTO {name}_all SELECT * FROM _incoming")
+            con.execute(f"INSERT INTO {name}_all BY NAME SELECT * FROM _incoming")
             return
         match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM i.{k}" for k in keys)
         exempt = f"i.{KEY_EXEMPT[name]} OR " if name in KEY_EXEMPT else ""
         con.execute(
-            f"""INSERT INTO {name}_all SELECT * FROM _incoming i
+            f"""INSERT INTO {name}_all BY NAME SELECT * FROM _incoming i
                 WHERE {exempt}NOT EXISTS (SELECT 1 FROM {name}_all t WHERE {match})
                 QUALIFY row_number() OVER (PARTITION BY {', '.join(f'i.{k}' for k in keys)}) = 1"""
         )

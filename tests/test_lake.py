@@ -74,6 +74,19 @@ def test_a_key_the_lake_holds_is_never_written_twice(tmp_path):
     assert lake.query("SELECT count(*) AS n FROM declared_edges_all").to_pylist() == [{"n": 1}]
 
 
+def test_a_lake_made_before_a_column_was_added_gets_it_and_keeps_its_rows(tmp_path, monkeypatch):
+    import hubtree.lake
+
+    lake = Lake(str(tmp_path))
+    lake.commit("crawl", "r1", {"repos": repo_rows("a/old", "s", datetime.now(timezone.utc))})
+    with lake.connect() as con:  # as an older hubtree made it: repos without pipeline_tag
+        con.execute("ALTER TABLE repos_all DROP COLUMN pipeline_tag")
+    monkeypatch.setattr(hubtree.lake, "_READY", set())  # a new process: it checks the lake's tables again
+    lake.commit("crawl", "r2", {"repos": [{**repo_rows("a/new", "s", datetime.now(timezone.utc))[0], "pipeline_tag": "fill-mask"}]})
+    assert lake.query("SELECT repo_id, pipeline_tag FROM repos ORDER BY 1").to_pylist() == [
+        {"repo_id": "a/new", "pipeline_tag": "fill-mask"}, {"repo_id": "a/old", "pipeline_tag": None}]
+
+
 def test_as_of_an_earlier_snapshot_gives_the_earlier_answer(tmp_path):
     lake = Lake(str(tmp_path))
     lake.commit("crawl", "r1", {"repos": repo_rows("a/m", "s1", datetime(2025, 1, 1, tzinfo=timezone.utc))})
