@@ -90,13 +90,16 @@ def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef
     return todo, len(listed), _traffic(source)
 
 
+WEIGHTS_KINDS = ("weights", "adapter_weights")
+
+
 def known_weights(lake: Lake) -> dict[str, str]:
     """sha256 -> "repo_id@revision:path" of every weights file in the lake read in full (not itself a duplicate)."""
     if not lake.exists():
         return {}
     rows = lake.query(
         "SELECT sha256, min(repo_id || '@' || revision || ':' || path) AS copy FROM files "
-        "WHERE sha256 IS NOT NULL AND duplicate_of IS NULL AND kind IN ('weights', 'adapter_weights') GROUP BY sha256"
+        f"WHERE sha256 IS NOT NULL AND duplicate_of IS NULL AND kind IN {WEIGHTS_KINDS} GROUP BY sha256"
     ).to_pylist()
     return {r["sha256"]: r["copy"] for r in rows}
 
@@ -117,11 +120,38 @@ def copy_duplicate_tensors(lake: Lake, catalogs: list[RepoCatalog]) -> None:
             cat.tensors += [TensorEntry(r["name"], r["dtype"], tuple(r["shape"]), path, r["data_begin"], r["data_end"]) for r in by_copy.get(copy, [])]
 
 
+def first_copies(catalogs: list[RepoCatalog], known: dict[str, str]) -> dict[str, str]:
+    """sha256 -> "repo_id@revision:path" of the weights files read in full by ``catalogs`` (cleanly) and not in ``known``."""
+    found: dict[str, str] = {}
+    for cat in catalogs:
+        for f in cat.record.files if cat.ok and cat.record else []:
+            if cat.file_kinds.get(f.path) in WEIGHTS_KINDS and f.sha256 and f.path not in cat.duplicates:
+                found.setdefault(f.sha256, f"{cat.ref.repo_id}@{cat.ref.revision}:{f.path}")
+    return {sha: copy for sha, copy in found.items() if sha not in known}
+
+
+def mark_copies(catalogs: list[RepoCatalog], known: dict[str, str]) -> None:
+    """Weights files of this run whose sha256 an earlier file of the run or batch has: name them copies of it.
+
+    Workers know only the lake's files (``known`` when the run began), so two repos of one
+    run sharing a file both read its header; the later is marked here, before its commit,
+    and later stages never read its data.
+    """
+    known = dict(known)
+    for cat in catalogs:
+        for f in cat.record.files if cat.record else []:
+            copy = known.get(f.sha256) if f.sha256 else None
+            if cat.file_kinds.get(f.path) in WEIGHTS_KINDS and copy and f.path not in cat.duplicates:
+                cat.duplicates[f.path] = copy
+        known |= first_copies([cat], known)
+
+
 @task(cache_policy=NONE)
-def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date) -> list[RepoCatalog]:
-    """Catalog one batch over the actor pool and commit it to the lake as one unit."""
+def catalog_batch(pool: WorkerPool, refs: list[RepoRef], lake: Lake, run_id: str, hub: str, day: date, known: dict[str, str]) -> list[RepoCatalog]:
+    """Catalog one batch over the actor pool and commit it to the lake as one unit (``known``: the run's weights files so far)."""
     catalogs = sorted(pool.map_unordered(lambda actor, ref: actor.catalog.remote(ref), refs), key=lambda c: c.ref.repo_id)
     copy_duplicate_tensors(lake, catalogs)
+    mark_copies(catalogs, known)
     lake.commit("crawl", run_id, catalog_rows(catalogs, hub), day=day)
     return catalogs
 
@@ -165,7 +195,9 @@ def crawl_flow(
         with actor_pool(lambda n: CatalogWorker.remote(hub, known), len(todo), ray_address) as pool:
             with tqdm(total=len(todo), unit="repo", desc="crawl", disable=not progress) as bar:
                 for start in range(0, len(todo), batch_size):
-                    for cat in catalog_batch(pool, todo[start : start + batch_size], the_lake, summary.run_id, hub, started.date()):
+                    batch = catalog_batch(pool, todo[start : start + batch_size], the_lake, summary.run_id, hub, started.date(), known)
+                    known |= first_copies(batch, known)
+                    for cat in batch:
                         summary.repos_crawled += cat.ok
                         summary.repos_failed += not cat.ok
                         summary.bytes_fetched += cat.bytes_fetched

@@ -6,6 +6,7 @@ import pytest
 from hubtree.hub_server import FaultSpec, RateLimits, running
 from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
+from hubtree.pipelines.stats import stats_flow
 from tests.hubs import add_repo
 from tests.hubserver_fixture import GATED_REPO, LLAMA2_RECORDS, make_tiny_hub
 
@@ -87,6 +88,28 @@ def test_a_duplicate_recognised_by_etag_is_not_read(tmp_path, flows):
     assert files[0]["sha256"] == files[1]["sha256"] and files[0]["size"] == files[1]["size"] > 0
     tensors = "SELECT name, dtype, shape, data_begin, data_end FROM tensors WHERE repo_id = ? ORDER BY name"
     assert lake.query(tensors, ["copy/model"]).to_pylist() == lake.query(tensors, ["orig/model"]).to_pylist()
+
+
+def test_copies_within_one_run_are_recognised_and_stats_reads_one_of_them(tmp_path, flows):
+    root = tmp_path / "hub"
+    add_repo(root, "a/orig", seed=7)
+    for name in ("b/copy", "c/copy"):
+        copy = add_repo(root, name, card="license: apache-2.0\n", seed=99)
+        shutil.copy(root / "a/orig/model.safetensors", copy / "model.safetensors")
+    lake_dir = str(tmp_path / "lake")
+    with running(root) as server:
+        crawl_flow(hub=server.url, lake=lake_dir, progress=False, batch_size=2)  # the copies fall in two batches
+        server.faults.requests.clear()
+        server.cdn.requests.clear()
+        stats = stats_flow(lake=lake_dir, full=True, progress=False)
+        read = {path.split("/resolve/")[0].strip("/") for _, path, _ in server.faults.requests if "/resolve/" in path}
+    lake = Lake(lake_dir)
+    files = lake.query("SELECT f.repo_id, f.revision, f.duplicate_of FROM files f WHERE path = 'model.safetensors'").to_pylist()
+    originals = [f for f in files if f["duplicate_of"] is None]
+    assert len(originals) == 1  # whichever the listing gave first
+    first = originals[0]
+    assert sorted(f["duplicate_of"] for f in files if f is not first) == [f"{first['repo_id']}@{first['revision']}:model.safetensors"] * 2
+    assert read == {first["repo_id"]} and stats["copied_files"] == 2
 
 
 def test_workers_share_the_hubs_budget_and_meet_no_429(hub_dir, tmp_path, flows):
