@@ -411,8 +411,6 @@ def recover_trees(
     for f, direction in enumerate(rules):
         members, rule = members_of[f], direction.rule
         fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
-        # A family whose rule is read off its own tree is oriented once, as a whole, by
-        # re-rooting; pricing each edge by the same noisy witness would only bend its shape.
         rerooted = rule.source in ("shape", "shapes", "default") and fam.family.free.all()
         tree = mother_tree(fam.family, _pricing(options, direction) if rerooted else options)
         if rerooted:
@@ -479,7 +477,12 @@ def _shape_consensus(directions: Sequence[FamilyDirection]) -> DirectionRule | N
 
 
 def _pricing(options: MotherOptions, direction: FamilyDirection) -> MotherOptions:
-    return replace(options, lam=0.0)
+    """MoTHer's price of an edge against the rule, in proportion to how sure the family's rule is.
+
+    A rerooted family is oriented once, as a whole, afterwards; pricing each edge by a rule
+    that may be the wrong one would only bend the tree's shape towards it.
+    """
+    return replace(options, lam=options.lam * direction.confidence)
 
 
 def _adapter_edges(a: np.ndarray, b: np.ndarray, x: np.ndarray, sizes, norm: np.ndarray) -> np.ndarray:
