@@ -16,10 +16,15 @@ sign, depends on the regime, so a family's evidence decides, strongest first:
    scored by the agreement of its best root, and a family with branches identifies its
    own rule, whatever the generator. When two witnesses fit it from different roots the
    shape cannot tell them apart, and the default decides between them;
-3. with neither (a chain, a pair), the default: entropy effective rank grows. A dense
+3. with neither (a chain, a pair), the rule other families' shapes told without conflict
+   (``mother.recover_trees``: models of one hub tend to be made alike), else the default:
+   entropy effective rank grows. A dense
    update (full fine-tuning with Adam) spreads a pretrained spectrum, and rank does not see
    weight decay (scale-free), which flips the norm; kurtosis (MoTHer's witness) moves by
    less than its noise on short fine-tunes and not at all on output projections under LoRA.
+
+Re-rooting a family (``reroot``) counts every edge's vote at once; edges that merge an
+adapter (``merged_adapter_edges``) vote by the norm instead of the family's witness.
 
 ``FamilyDirection.confidence`` says how far the chosen rule beats the best rule of the
 other sign, and is halved when the other witness, on its own, points the other way.

@@ -12,9 +12,12 @@ depart from the paper, and why:
   quantized), not all n: memory O(n k), and a parent is almost always among the nearest.
 - s is the mean distance from a child to its nearest candidate, which does not depend on
   k; the paper's mean over all pairs would need n^2 distances.
-- The direction witness is chosen per family from the declared edges (``tree_priors``).
+- The direction witness is chosen per family from the declared edges, upload times or
+  the tree's shape (``direction``); a family oriented by its shape is re-rooted once as a
+  whole, and its edges pay the direction price only in proportion to the rule's confidence.
 - Two more rounds re-price every edge against the previous round's tree: the family's
-  mean fine-tuning step is removed from the distance, and an edge that turns back towards
+  mean fine-tuning step, shrunk by as much as it could be chance, is removed from the
+  distance, and an edge that turns back towards
   its parent's parent pays for the turn (``mother_tree``). Fine-tunes trained the same
   way drift together, so siblings are often closer to each other than to their parent;
   MoTHer then chains them (54% of edges right on the tuning zoo of seed 0, 96% with
