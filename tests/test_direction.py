@@ -1,7 +1,15 @@
 """Which way a family points, from its evidence: declared edges and times, the tree's shape, a default."""
 import numpy as np
 
-from hubtree.ops.trees.direction import PRETRAINED_RULE, family_direction, reroot, shape_direction, shape_score
+from hubtree.ops.trees.direction import (
+    PRETRAINED_RULE,
+    adapter_fixed,
+    family_direction,
+    merged_adapter_edges,
+    reroot,
+    shape_direction,
+    shape_score,
+)
 from hubtree.ops.trees.priors import DirectionRule
 
 # 0 -> 1, 2, 3; 1 -> 4, 5; 2 -> 6: a family with branch points
@@ -45,3 +53,30 @@ def test_reroot_moves_the_root_to_where_the_witness_agrees():
     fixed = reroot(parent, DEPTH, -1)
     assert fixed.tolist() == [-1, 0, 0, 0, 1, 1, 2]
     assert DirectionRule("default", "rank", -1) == PRETRAINED_RULE
+
+
+def test_when_two_witnesses_fit_from_different_roots_the_default_decides():
+    from_4 = np.array([2, 1, 3, 3, 0, 2, 4], dtype=float)
+    witnesses = {"rank": DEPTH, "kurtosis": -from_4, "norm": np.full(7, np.nan)}
+    got = shape_direction(A, B, witnesses, PRETRAINED_RULE)
+    assert (got.rule.witness, got.rule.sign) == ("rank", -1) and "the default decided" in got.why
+    other = shape_direction(A, B, witnesses, DirectionRule("default", "kurtosis", +1))
+    assert (other.rule.witness, other.rule.sign) == ("kurtosis", +1)
+    assert got.confidence <= 0.5 and other.confidence <= 0.5
+
+
+def test_a_merged_adapter_edge_is_told_by_its_untouched_layers_and_oriented_by_the_norm():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(3, 8))  # three layers of 4 entries each, as distance vectors
+    merged = base.copy()
+    merged[:, :4] += 0.1  # an adapter moved layer 0 only
+    tuned = base + rng.normal(0, 0.1, base.shape)  # a fine-tune moves both layers
+    x = np.concatenate([base, merged[:1], tuned[:1]])
+    a, b = np.array([0, 0]), np.array([3, 4])
+    assert merged_adapter_edges(x, a, b, [4, 4]).tolist() == [True, False]
+    norm = np.array([1.0, 0, 0, 1.5, 0.5])  # the merge grew the norm
+    fixed = adapter_fixed(a, b, np.array([True, False]), norm)
+    assert fixed.tolist() == [1, 0]  # base is the merge's parent; the fine-tune's edge is left to the witness
+    parent, values = np.array([3, -1, -1, -1]), np.array([0.0, 0, 0, 1.0])  # the witness roots the pair at 3
+    assert reroot(parent, values, +1).tolist() == [3, -1, -1, -1]
+    assert reroot(parent, values, +1, lambda a, b: np.array([-1])).tolist() == [-1, -1, -1, 0]  # the edge says: 0 is the parent

@@ -204,6 +204,29 @@ def random_tree(m: int, seed: int, dim: int = 96) -> tuple[np.ndarray, np.ndarra
     return x.astype(np.float32), parent
 
 
+def test_a_family_whose_shape_does_not_tell_takes_the_rule_other_families_shapes_told():
+    # family "a" branches, so its shape tells its rule; family "b" is a chain, whose shape
+    # cannot. In both the norm grows and the rank falls along edges: the default (rank grows)
+    # would read the chain backwards.
+    x_a, parent_a = random_tree(10, seed=5)
+    depth = np.zeros(10)
+    for i in range(1, 10):
+        depth[i] = depth[parent_a[i]] + 1
+    rng = np.random.default_rng(6)
+    x_b = np.cumsum(np.vstack([rng.normal(0, 0.1, 96), rng.normal(0, 0.003, (3, 96))]), axis=0).astype(np.float32)
+    names = [f"a/m{i}" for i in range(10)] + [f"b/m{i}" for i in range(4)]
+    x = np.vstack([x_a, x_b])
+    models = replace(
+        models_of(x, times=[np.nan] * 14, names=names), signature=["a"] * 10 + ["b"] * 4,
+        norm=1 + 0.01 * np.concatenate([depth, np.arange(4.0)]), rank=-np.concatenate([depth, np.arange(4.0)]),
+    )  # fmt: skip
+    trees = recover_trees(models)
+    chain = next(f for f in trees.families if f.size == 4)
+    assert chain.rule.source == "shapes" and "tree shapes of other families" in chain.why
+    found = parents_of(trees.edges)
+    assert [found[f"b/m{i}"] for i in range(1, 4)] == ["b/m0", "b/m1", "b/m2"]
+
+
 def test_sparse_candidates_give_the_dense_tree():
     for seed in range(3):
         x, truth = random_tree(60, seed)
@@ -349,7 +372,20 @@ def test_edges_from_a_placeholder_count_as_zero_drift():
     steps = np.array([True, True, True, True, False])
     parent = np.array([4, 4, 4, 2, -1])
     drift = _mean_step(x, parent, steps)
-    assert np.allclose(drift, [0, 0.5])  # one sibling edge's (0, 2) over four step children, not (0, 2) itself
+    # one sibling edge's (0, 2) over four step children is (0, 0.5), not (0, 2); and one
+    # edge among four is no drift the family shares: it is all shrunk away
+    assert np.allclose(drift, [0, 0])
+
+
+def test_a_shared_drift_is_removed_and_independent_steps_are_not():
+    rng = np.random.default_rng(0)
+    root = rng.normal(size=64)
+    own = rng.normal(0, 0.1, (8, 64))
+    parent, steps = np.array([-1] + [0] * 8), np.ones(9, dtype=bool)
+    shared = np.concatenate([[root], root + 0.3 + own])  # every child moved by the same recipe
+    independent = np.concatenate([[root], root + own])
+    assert np.allclose(_mean_step(shared, parent, steps), 0.3 + own.mean(axis=0), rtol=0.1)  # barely shrunk
+    assert np.linalg.norm(_mean_step(independent, parent, steps)) < 0.5 * np.linalg.norm(own.mean(axis=0))  # mostly chance
 
 
 def test_a_placeholder_does_not_keep_the_grandchildren_that_tied_with_their_parent():

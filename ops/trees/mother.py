@@ -12,9 +12,12 @@ depart from the paper, and why:
   quantized), not all n: memory O(n k), and a parent is almost always among the nearest.
 - s is the mean distance from a child to its nearest candidate, which does not depend on
   k; the paper's mean over all pairs would need n^2 distances.
-- The direction witness is chosen per family from the declared edges (``tree_priors``).
+- The direction witness is chosen per family from the declared edges, upload times or
+  the tree's shape (``direction``); a family oriented by its shape is re-rooted once as a
+  whole, and its edges pay the direction price only in proportion to the rule's confidence.
 - Two more rounds re-price every edge against the previous round's tree: the family's
-  mean fine-tuning step is removed from the distance, and an edge that turns back towards
+  mean fine-tuning step, shrunk by as much as it could be chance, is removed from the
+  distance, and an edge that turns back towards
   its parent's parent pays for the turn (``mother_tree``). Fine-tunes trained the same
   way drift together, so siblings are often closer to each other than to their parent;
   MoTHer then chains them (54% of edges right on the tuning zoo of seed 0, 96% with
@@ -25,14 +28,15 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import networkx as nx
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from hubtree.ops.trees.direction import PRETRAINED_RULE, FamilyDirection, family_direction, reroot
+from hubtree.ops.trees.direction import PRETRAINED_RULE, FamilyDirection, adapter_fixed, family_direction, merged_adapter_edges, reroot
 from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
 from hubtree.ops.trees.priors import (
     PAPER_RULE,
@@ -291,17 +295,28 @@ def _typical_step(c: np.ndarray, d: np.ndarray, m: int) -> float:
 
 
 def _mean_step(x: np.ndarray, parent: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Sum of ``x_c - x_p`` over the tree's edges that are steps on both ends, per step child.
+    """The family's shared fine-tuning step: the mean of ``x_c - x_p`` over the tree's step
+    children, shrunk towards zero by as much as it could be chance (positive-part James-Stein):
 
+        delta = max(0, 1 - (tr(S) / n) / ||mean||^2) * mean,
+
+    tr(S) / n the variance of the mean of n steps. Siblings trained the same way share a
+    drift that stands far above that noise (the toy zoo); fine-tunes made by different
+    recipes do not, and removing the mean of independent steps would only add noise.
     Edges from a placeholder are steps whose size we cannot see (it sits at its children's
     mean); they count as zero rather than not at all, so that a family whose parent is
     missing does not take its drift from the few sibling-to-sibling edges of a first guess.
     """
     children = np.nonzero((parent >= 0) & steps)[0]
     use = children[steps[parent[children]]]
-    if len(use) == 0:
+    n = len(children)
+    if len(use) == 0 or n < 2:
         return np.zeros(x.shape[1])
-    return (x[use].astype(np.float64) - x[parent[use]]).sum(axis=0) / len(children)
+    d = np.zeros((n, x.shape[1]))
+    d[: len(use)] = x[use].astype(np.float64) - x[parent[use]]
+    mean = d.mean(axis=0)
+    noise = float(np.square(d - mean).sum()) / (n - 1) / n
+    return max(0.0, 1.0 - noise / max(float(mean @ mean), 1e-300)) * mean
 
 
 def _candidates(fam: Family, x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -399,9 +414,12 @@ def recover_trees(
     for f, direction in enumerate(rules):
         members, rule = members_of[f], direction.rule
         fam = _family_input(models, members, rule, witnesses, ghosts_of.get(f, []), parents, rep, index)
-        tree = mother_tree(fam.family, options)
-        if rule.source in ("shape", "default") and fam.family.free.all():
-            tree = _rerooted(tree, fam.family.x, witnesses[rule.witness][members], rule.sign, direction.confidence)
+        rerooted = rule.source in ("shape", "shapes", "default") and fam.family.free.all()
+        tree = mother_tree(fam.family, _pricing(options, direction) if rerooted else options)
+        if rerooted:
+            sizes, norm = models.layer_sizes.get(signature_of[f]), models.norm[members]
+            fixed = partial(_adapter_edges, x=fam.family.x, sizes=sizes, norm=norm)
+            tree = _rerooted(tree, fam.family.x, witnesses[rule.witness][members], rule.sign, direction.confidence, fixed)
         edges += _inferred_edges(f, fam, tree)
         timed = float(np.isfinite(models.created_at[members]).mean())
         reports.append(FamilyReport(
@@ -427,21 +445,60 @@ def _direction_rules(
     lake = _votes(evidence, witnesses)
     lake_rule = choose_direction(lake, "lake")
     evidence_of = _group(family[evidence[:, 1]], evidence)
-    return [
-        family_direction(
+
+    def direction(f: int, members: np.ndarray, prior: DirectionRule) -> FamilyDirection:
+        return family_direction(
             _rows(models.vectors, members), {w: v[members] for w, v in witnesses.items()}, models.created_at[members],
-            _votes(evidence_of.get(f, evidence[:0]), witnesses), lake, lake_rule, default_rule, k,
+            _votes(evidence_of.get(f, evidence[:0]), witnesses), lake, lake_rule, prior, k,
         )  # fmt: skip
-        for f, members in sorted(members_of.items())
-    ]
+
+    rules = {f: direction(f, members, default_rule) for f, members in sorted(members_of.items())}
+    prior = None if lake_rule else _shape_consensus(list(rules.values()))
+    if prior is not None:
+        for f, members in members_of.items():
+            if rules[f].rule.source == "default" or "the default decided" in rules[f].why:
+                rules[f] = direction(f, members, prior)
+    return [rules[f] for f in sorted(rules)]
 
 
-def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float) -> FamilyTree:
+def _shape_consensus(directions: Sequence[FamilyDirection]) -> DirectionRule | None:
+    """The rule that the families whose tree shape told their rule without conflict agree on,
+    weighted by confidence; None without such families.
+
+    In a hub without declared edges it is the prior for families whose shape does not
+    tell (a chain, a pair) before the default: models of one hub tend to be trained alike,
+    and a rule read off other families of that hub is evidence, a default is not.
+    """
+    votes = Counter()
+    for d in directions:
+        if d.rule.source == "shape" and "conflict" not in d.why:
+            votes[d.rule.witness, d.rule.sign] += d.confidence
+    if not votes:
+        return None
+    (witness, sign), _ = votes.most_common(1)[0]
+    return DirectionRule("shapes", witness, sign)
+
+
+def _pricing(options: MotherOptions, direction: FamilyDirection) -> MotherOptions:
+    """MoTHer's price of an edge against the rule, in proportion to how sure the family's rule is.
+
+    A rerooted family is oriented once, as a whole, afterwards; pricing each edge by a rule
+    that may be the wrong one would only bend the tree's shape towards it.
+    """
+    return replace(options, lam=options.lam * direction.confidence)
+
+
+def _adapter_edges(a: np.ndarray, b: np.ndarray, x: np.ndarray, sizes, norm: np.ndarray) -> np.ndarray:
+    """Tree edges (a, b) that merge an adapter, oriented by the norm; 0 for the others (``direction.adapter_fixed``)."""
+    return adapter_fixed(a, b, merged_adapter_edges(x, a, b, sizes), norm)
+
+
+def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float, fixed=None) -> FamilyTree:
     """The tree re-oriented from the root its rule's witness agrees with most (``direction.reroot``).
 
     Flipped edges keep the distance of the pair and take the family's direction confidence.
     """
-    parent = reroot(tree.parent, values, sign)
+    parent = reroot(tree.parent, values, sign, fixed)
     same = parent == tree.parent
     has = parent >= 0
     distance = np.where(same, tree.distance, np.nan)
