@@ -91,7 +91,7 @@ def foreground() -> Iterator[None]:
     """Around a flow a verb runs in its own process: no flow-run heartbeats, unless the user asks for them.
 
     Prefect 3.8 beats every 180 s from a thread that sleeps in 1 s steps and is joined when the
-    flow ends, and its first beat opens the events websocket that is drained at exit: about 1 s
+    flow ends, and its first beat opens the events websocket that is drained at exit: 0.6-0.7 s
     of every short verb (``hubtree trees``). Heartbeats only let a server notice a run whose
     process died; a foreground run's terminal says so, and its ``crawl_runs`` row stays
     ``running``. Scheduled runs (``hubtree schedule``) keep them. PREFECT_FLOWS_HEARTBEAT_FREQUENCY

@@ -121,7 +121,7 @@ def test_crawling_an_unknown_family(tmp_path, flows):
 
 
 def test_a_verb_runs_its_flow_without_heartbeats_unless_asked(small_lake, flows, monkeypatch):
-    # Prefect's heartbeat thread cost every short verb about a second (joined in 1 s steps, and
+    # Prefect's heartbeat thread cost every short verb 0.6-0.7 s (joined in 1 s steps, and
     # its first beat opens the events websocket drained at exit); a user's setting still wins.
     import prefect.flow_engine
 
