@@ -25,7 +25,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 class _TokenAuthNotice(logging.Filter):
     """Drops Ray's notice that a new local cluster uses token authentication, printed on every start.
 
-    Token authentication is Ray's default for a local cluster (2.5x), and hubtree keeps it:
+    Token authentication is Ray's default for a local cluster (Ray 2.60), and hubtree keeps it:
     the notice tells the user nothing they must act on, and it buried each run's summary.
     (Setting RAY_AUTH_MODE=token instead is not enough: Ray reads it when ``ray`` is imported.)
     Ray's other authentication warnings, such as a cluster without authentication, still print.
