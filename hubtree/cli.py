@@ -157,7 +157,8 @@ def crawl(hub, lake, author, search, filters, sort, limit, family, batch_size, r
     params = _query_params(hub, lake, author, search, filters, sort, limit, family, batch_size, ray_address)
     from hubtree.pipelines.crawl import crawl_flow
 
-    summary = crawl_flow(**params, progress=progress_bars())
+    with prefect_local.foreground():
+        summary = crawl_flow(**params, progress=progress_bars())
     _print_summary(summary)
     if family and not summary.get("repos_listed"):
         raise HubtreeError(f"unknown family: no repo {family} on {params['hub']}, and no repo declares it as a parent; check the id")
@@ -188,7 +189,8 @@ def run(**options) -> None:
     params = _query_params(**options)
     from hubtree.pipelines.run import run_flow
 
-    result = run_flow(**params)
+    with prefect_local.foreground():
+        result = run_flow(**params)
     for summary in result["stages"].values():
         if "repos_crawled" in summary:
             _print_summary(summary)
@@ -242,8 +244,9 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
     from hubtree.pipelines.stats import stats_flow
 
     budget = {"budget_bytes": int(budget_mib * (1 << 20))} if budget_mib else {}
-    summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address,
-                         progress=progress_bars(), **budget)
+    with prefect_local.foreground():
+        summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address,
+                             progress=progress_bars(), **budget)
     click.echo(
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
         f"{summary['failed']} models with errors, {summary['bytes_fetched'] / 1e6:.2f} MB read"
@@ -361,7 +364,8 @@ def demo(out: Path, seed: int) -> None:
         click.echo(f"== training the zoo into {zoo_dir}")
         build_zoo(zoo_dir, seed=seed)
     click.echo(f"== hubtree run --hub {zoo_dir / 'hub'} --lake {out / 'lake'}")
-    result = run_flow(hub=str((zoo_dir / "hub").resolve()), lake=str((out / "lake").resolve()))
+    with prefect_local.foreground():
+        result = run_flow(hub=str((zoo_dir / "hub").resolve()), lake=str((out / "lake").resolve()))
     _print_summary(result["stages"]["crawl"])
     lake = Lake(str(out / "lake"))
     for title, query in DEMO_QUERIES.items():
@@ -391,7 +395,8 @@ def trees(lake: str, declared: bool, k: int) -> None:
     require_lake(lake)
     from hubtree.pipelines.trees import trees_flow
 
-    summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
+    with prefect_local.foreground():
+        summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
     click.echo(f"trees {summary['status']}: {summary['models']} models in {summary['families']} families, {summary['edges']} edges")
     exit_for(summary["status"])
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from hubtree import prefect_local
 from hubtree.cli_lora import _absolute
 
 
@@ -37,7 +38,8 @@ def compact(url: str, retention_days: float) -> None:
     """Merge small files, expire snapshots older than the retention, delete files no snapshot needs."""
     from hubtree.pipelines.compact import compact_flow
 
-    result = compact_flow(lake=_absolute(url), retention_days=retention_days)
+    with prefect_local.foreground():
+        result = compact_flow(lake=_absolute(url), retention_days=retention_days)
     click.echo(f"compact {result['status']}: {result['files_before']} data files -> {result['files_after']}, "
                f"{result['blobs_removed']} unreferenced blob files removed")
 

@@ -5,6 +5,8 @@ import os
 
 import click
 
+from hubtree import prefect_local
+
 
 def _absolute(location: str) -> str:
     return location if "://" in location else os.path.abspath(location)
@@ -34,7 +36,8 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
     require_lake(lake)
     from hubtree.pipelines.lora import lora_flow
 
-    s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
+    with prefect_local.foreground():
+        s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
     click.echo(
         f"lora {s['status']}: {s['groups']} candidate groups, {s['recovered']} bases recovered "
         f"({s['layers']} layers), {s['low']} low-confidence" + "".join(f"\n  {f}" for f in s["files"])
@@ -67,7 +70,8 @@ def fit(lake, labels_csv, hub) -> None:
     require_lake(lake)
     from hubtree.pipelines.lora import dsire_fit_flow
 
-    s = dsire_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub)
+    with prefect_local.foreground():
+        s = dsire_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub)
     click.echo(f"dsire fit {s['status']}: model {s['model_id']} on {s['n_train']} adapters")
 
 
@@ -87,6 +91,7 @@ def predict(lake, model_id, hub) -> None:
     from hubtree.pipelines.lora import dsire_predict_flow, load_dsire_model
 
     load_dsire_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
-    s = dsire_predict_flow(lake=_absolute(lake), model=model_id, hub=hub)
+    with prefect_local.foreground():
+        s = dsire_predict_flow(lake=_absolute(lake), model=model_id, hub=hub)
     click.echo(f"dsire predict {s['status']}: {s['estimated']} adapters estimated with model {s['model_id']}, "
                f"{len(s['skipped'])} skipped (another base or LoRA config)")

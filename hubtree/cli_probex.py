@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from hubtree import prefect_local
 from hubtree.cli_lora import _absolute
 
 
@@ -40,8 +41,9 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
     """
     from hubtree.pipelines.probex import probex_fit_flow
 
-    s = probex_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub, layers=layers, min_labelled=min_labelled,
-                        max_layers=max_layers, epochs=epochs, ray_address=ray_address)
+    with prefect_local.foreground():
+        s = probex_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub, layers=layers, min_labelled=min_labelled,
+                            max_layers=max_layers, epochs=epochs, ray_address=ray_address)
     for family, e in sorted(s["experts"].items()):
         click.echo(f"family {family}: expert on {e['layer']} ({e['labels']} labels, {e['members']} labelled models, "
                    f"validation accuracy {e['val_accuracy']:.3f})")
@@ -67,7 +69,8 @@ def predict(lake, model_id, hub, ray_address) -> None:
     the_lake = Lake(_absolute(lake))
     the_lake.require()
     load_probex_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
-    s = probex_predict_flow(lake=_absolute(lake), model=model_id, hub=hub, ray_address=ray_address)
+    with prefect_local.foreground():
+        s = probex_predict_flow(lake=_absolute(lake), model=model_id, hub=hub, ray_address=ray_address)
     click.echo(f"probex predict {s['status']}: {s['models']} models labelled ({s['labels']} scores) with model {s['model_id']}, "
                f"{len(s['skipped'])} skipped; {s['bytes_fetched'] / 1e6:.2f} MB read")
 

@@ -110,7 +110,8 @@ async def _serve(name: str, cron: str | None, interval: float | None, parameters
     from hubtree.pipelines.run import run_flow
 
     runner = Runner(name=name, pause_on_shutdown=True, limit=1)  # runs never overlap on one lake
-    await runner.aadd_flow(run_flow, name=name, cron=cron, interval=interval, parameters=parameters)
+    deployment_id = await runner.aadd_flow(run_flow, name=name, cron=cron, interval=interval, parameters=parameters)
+    await _schedule_first_runs(deployment_id)
     serving = asyncio.create_task(runner.start())
     await asyncio.sleep(0.1)  # start() installs Prefect's SIGTERM handler first; take it back
     stop = asyncio.Event()
@@ -122,6 +123,17 @@ async def _serve(name: str, cron: str | None, interval: float | None, parameters
     if stop.is_set() and runner.started:
         await runner.astop()
     await serving
+
+
+async def _schedule_first_runs(deployment_id) -> None:
+    """Have the server create the deployment's next runs now, as its scheduler service would on its
+    next loop: that loop comes every 60 s on a server hubtree did not start (10 s on its own), so
+    a `* * * * *` schedule could otherwise skip the first minute or two."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        answer = await client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json={})
+        answer.raise_for_status()
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,26 @@ def configure() -> str | None:
     return url
 
 
+@contextmanager
+def foreground() -> Iterator[None]:
+    """Around a flow a verb runs in its own process: no flow-run heartbeats, unless the user asks for them.
+
+    Prefect 3.8 beats every 180 s from a thread that sleeps in 1 s steps and is joined when the
+    flow ends, and its first beat opens the events websocket that is drained at exit: 0.6-0.7 s
+    of every short verb (``hubtree trees``). Heartbeats only let a server notice a run whose
+    process died; a foreground run's terminal says so, and its ``crawl_runs`` row stays
+    ``running``. Scheduled runs (``hubtree schedule``) keep them. PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    set: Prefect's own setting applies.
+    """
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 @dataclass
 class LocalServer:
     """``prefect server start`` under hubtree's home, started here or found running."""
@@ -115,6 +137,9 @@ def ensure_server(echo=print) -> LocalServer:
     url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # Prefect's scheduler creates a new deployment's runs on its next loop (every 60 s by default),
+    # so a `* * * * *` schedule could wait two minutes for its first run; every 10 s costs nothing here.
+    env.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "10")
     env.pop("PREFECT_API_URL", None)
     echo(f"starting a local Prefect server on 127.0.0.1:{port} (state in {home}, log in {log})")
     with open(log, "ab") as out:

@@ -5,6 +5,7 @@ on a CPU-only cluster would wait forever.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,22 @@ from hubtree.ops.hub.source import HubSource
 
 # Small enough for a laptop or CI runner; catalogs and statistics are tiny objects.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster uses token authentication, printed on every start.
+
+    Token authentication is Ray's default for a local cluster (Ray 2.60), and hubtree keeps it:
+    the notice tells the user nothing they must act on, and it buried each run's summary.
+    (Setting RAY_AUTH_MODE=token instead is not enough: Ray reads it when ``ray`` is imported.)
+    Ray's other authentication warnings, such as a cluster without authentication, still print.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenAuthNotice())
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -10,6 +10,7 @@ run from a finished one. Every flow names ``FAILURE_HOOKS`` as its Prefect
 """
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import asdict
@@ -85,7 +86,15 @@ def _flow_run_ids() -> dict:
     from prefect.runtime import flow_run
 
     own = flow_run.get_id()
-    return {"flow_run_id": own, "root_flow_run_id": flow_run.get_root_flow_run_id() if own else None}
+    return {"flow_run_id": own, "root_flow_run_id": _root_flow_run_id(own) if own else None}
+
+
+@functools.lru_cache(maxsize=64)
+def _root_flow_run_id(own: str) -> str:
+    """The root of the flow run ``own`` (a subflow asks the API twice): once per run, not per row."""
+    from prefect.runtime import flow_run
+
+    return flow_run.get_root_flow_run_id()
 
 
 def begin_run(

@@ -118,3 +118,22 @@ def test_crawling_an_unknown_family(tmp_path, flows):
     add_repo(tmp_path / "hub", "org/base", seed=0)
     result = CliRunner().invoke(main, ["crawl", "--hub", str(tmp_path / "hub"), "--lake", str(tmp_path / "lake"), "--family", "org/typo"])
     assert result.exit_code == 1 and "unknown family: no repo org/typo" in result.output
+
+
+def test_a_verb_runs_its_flow_without_heartbeats_unless_asked(small_lake, flows, monkeypatch):
+    # Prefect's heartbeat thread cost every short verb 0.6-0.7 s (joined in 1 s steps, and
+    # its first beat opens the events websocket drained at exit); a user's setting still wins.
+    import prefect.flow_engine
+
+    seen = []
+    real = prefect.flow_engine._send_heartbeats
+
+    def spy(engine, *args, **kwargs):
+        seen.append(engine.heartbeat_seconds)
+        return real(engine, *args, **kwargs)
+
+    monkeypatch.setattr(prefect.flow_engine, "_send_heartbeats", spy)
+    assert CliRunner().invoke(main, ["trees", "--lake", small_lake.url]).exit_code == 0
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    assert CliRunner().invoke(main, ["trees", "--lake", small_lake.url]).exit_code == 0
+    assert seen == [None, 180]  # 180: Prefect's setting as this process read it (its default)
