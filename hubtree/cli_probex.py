@@ -34,8 +34,9 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
     """Fit one ProbeX expert per family with enough labelled members; store them in the lake.
 
     \b
-    Each expert reads one layer, chosen among the candidates on a validation split of the
-    family's labelled members, and is refitted on all of them. Experts, layers and the
+    Each expert reads one layer, chosen among the candidates by cross-validation over the
+    family's labelled members (repeated over 2 splits and seeds), and is refitted on all of
+    them (2 nets, averaged). Experts, layers and the
     labels go to LAKE/blobs/probex/<model_id>/<run_id>.npz (listed in blobs). Families with too few labelled members
     get no expert and are listed.
     """
@@ -46,7 +47,7 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
                             max_layers=max_layers, epochs=epochs, ray_address=ray_address)
     for family, e in sorted(s["experts"].items()):
         click.echo(f"family {family}: expert on {e['layer']} ({e['labels']} labels, {e['members']} labelled models, "
-                   f"validation accuracy {e['val_accuracy']:.3f})")
+                   f"cross-validated accuracy {e['val_accuracy']:.3f})")
     for family, why in sorted(s["skipped"].items()):
         click.echo(f"family {family}: no expert: {why}")
     if not s["experts"]:

@@ -20,10 +20,11 @@ import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -133,8 +134,14 @@ def _stack(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.to(torch.float32) for name, t in tensors.items()}
 
 
-def _responses(expert_arrays: dict[str, np.ndarray], prefix: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    expert = ProbexExpert.from_arrays(expert_arrays, prefix)
+@lru_cache(maxsize=4)
+def _expert(arrays: ray.ObjectRef, prefix: str) -> ProbexExpert:
+    """The expert behind an object-store reference, fetched and built once per worker process."""
+    return ProbexExpert.from_arrays(ray.get(arrays), prefix)
+
+
+def _responses(arrays: ray.ObjectRef, prefix: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    expert = _expert(arrays, prefix)
     return expert.responses(tensors[expert.layer][None])[0]
 
 
@@ -321,7 +328,9 @@ def _predict_family(pool: WorkerPool, fitted: ProbexModel, fit_family: int, expe
             continue
         units.append(_unit(repo_id, m["revision"], m["hub"], {expert.layer: layer}))
     tic = time.perf_counter()
-    z, errors, nbytes = _read(pool, units, partial(_responses, {k: v for k, v in fitted.arrays.items() if k.startswith(f"family{fit_family}/")}, f"family{fit_family}/"))
+    prefix = f"family{fit_family}/"
+    arrays = ray.put({k: v for k, v in fitted.arrays.items() if k.startswith(prefix)})  # once, not with every task
+    z, errors, nbytes = _read(pool, units, partial(_responses, arrays, prefix))
     seconds["read"] += time.perf_counter() - tic
     skipped += sorted(errors)
     if not z:

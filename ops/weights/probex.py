@@ -15,16 +15,21 @@ X~ = sqrt(d_H d_W) (X - B) / ||X - B||_F keeps only the direction of a model's u
 its family's base B (the tree's root where the lake has it, else the members' mean): the
 weights the family shares do not drown the update, and how far a fine-tune went (its
 learning rate and length, the nuisance of a hub) does not count, only where it went.
-The layer of an expert is the one whose held-out members are labelled best
-in cross-validation (``fit_expert``); then the expert is refitted on every labelled member for the best
-validation epoch count. A query's embedding q reaches the same space through W_t, so
-``cos(h, W_t q)`` ranks models by text, and a model never labelled is found by its weights.
+The layer of an expert is the one whose held-out members are labelled best in cross-validation
+(``fit_expert``), repeated over ``repeats`` fold splits and initialisations; the expert is
+then ``repeats`` nets refitted on every labelled member for the best mean epoch count, and
+its scores are their mean. With ~20 labelled members a family, one split and one
+initialisation choose the layer and the epochs by chance, and one net's scores vary with its
+seed: averaging is what makes the choice and the scores stable. A query's embedding q reaches
+each net's space through its W_t; the representation is the nets' unit h concatenated and
+scaled by 1/sqrt(m), so ``h . q`` is the mean of their cosines, ranks models by text, and a
+model never labelled is found by its weights.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,7 +44,8 @@ class ProbexSettings:
     r_u: int = 32
     r_v: int = 32
     r_t: int = 128
-    epochs: int = 100
+    epochs: int = 150  # at most; the count is chosen by cross-validation
+    repeats: int = 2  # fold splits and initialisations averaged: the layer choice, and the expert's nets
     lr: float = 1e-3
     weight_decay: float = 1e-5
     batch_size: int = 128
@@ -74,14 +80,14 @@ class ProbexNet(nn.Module):
 
 @dataclass
 class ProbexExpert:
-    """A fitted expert of one family: its layer, the centring, the net, its labels and their texts."""
+    """A fitted expert of one family: its layer, the centring, its nets (averaged), its labels and their texts."""
 
     layer: str
     shape: tuple[int, int]
     labels: list[str]
     texts: list[str]
     center: Tensor  # B, (d_H, d_W)
-    net: ProbexNet
+    nets: list[ProbexNet]
     settings: ProbexSettings
     val_accuracy: float
     epochs: int
@@ -90,41 +96,47 @@ class ProbexExpert:
         return direction(x, self.center)
 
     def responses(self, layers: Tensor) -> Tensor:
-        """Probe responses of raw layers (n, d_H, d_W): what a worker computes next to the weights."""
+        """Probe responses of raw layers (n, d_H, d_W), every net's side by side (n, m r_V r_U):
+        what a worker computes next to the weights."""
         with torch.no_grad():
-            return self.net.responses(self.normalise(layers))
+            x = self.normalise(layers)
+            return torch.cat([net.responses(x) for net in self.nets], dim=1)
 
     def predict(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(scores in [0, 1] per label (n, L), unit representations (n, r_T)) from probe responses."""
+        """(scores in [0, 1] per label (n, L): the nets' mean, representations (n, m r_T) of unit norm) from responses."""
         with torch.no_grad():
-            h = self.net.represent(z)
-            return torch.sigmoid(self.net.head(h)), F.normalize(h, dim=-1)
+            hs = [net.represent(part) for net, part in zip(self.nets, z.chunk(len(self.nets), dim=1))]
+            scores = torch.stack([torch.sigmoid(net.head(h)) for net, h in zip(self.nets, hs)]).mean(0)
+            return scores, torch.cat([F.normalize(h, dim=-1) for h in hs], dim=1) / math.sqrt(len(hs))
 
     def query(self, text_embeddings: Tensor) -> Tensor:
-        """Text embeddings (n, 384) mapped into the space of ``predict``'s representations."""
+        """Text embeddings (n, 384) mapped into the space of ``predict``'s representations (their dot = mean cosine)."""
         with torch.no_grad():
-            return self.net.text_space(text_embeddings.float())
+            return torch.cat([net.text_space(text_embeddings.float()) for net in self.nets], dim=1) / math.sqrt(len(self.nets))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        arrays = {f"{prefix}{k}": v.detach().numpy() for k, v in self.net.state_dict().items()}
+        arrays = {f"{prefix}net{i}/{k}": v.detach().numpy() for i, net in enumerate(self.nets) for k, v in net.state_dict().items()}
         return arrays | {
             f"{prefix}center": self.center.numpy(),
             f"{prefix}meta": np.array([self.layer, *self.labels]),
             f"{prefix}texts": np.array(self.texts),
             f"{prefix}numbers": np.array([self.val_accuracy, self.epochs, self.settings.r_u, self.settings.r_v,
-                                          self.settings.r_t, self.settings.temperature]),
+                                          self.settings.r_t, self.settings.temperature, len(self.nets)]),
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ProbexExpert:
         layer, *labels = (str(v) for v in arrays[f"{prefix}meta"])
-        val_accuracy, epochs, r_u, r_v, r_t, temperature = arrays[f"{prefix}numbers"].tolist()
-        settings = ProbexSettings(r_u=int(r_u), r_v=int(r_v), r_t=int(r_t), temperature=temperature)
+        val_accuracy, epochs, r_u, r_v, r_t, temperature, m = arrays[f"{prefix}numbers"].tolist()
+        settings = ProbexSettings(r_u=int(r_u), r_v=int(r_v), r_t=int(r_t), temperature=temperature, repeats=int(m))
         center = torch.from_numpy(arrays[f"{prefix}center"])
-        text_dim = arrays[f"{prefix}text_map.weight"].shape[1]
-        net = ProbexNet(*center.shape, len(labels), text_dim, settings)
-        net.load_state_dict({k: torch.from_numpy(arrays[f"{prefix}{k}"]) for k in net.state_dict()})
-        return cls(layer, tuple(center.shape), labels, [str(t) for t in arrays[f"{prefix}texts"]], center, net,
+        text_dim = arrays[f"{prefix}net0/text_map.weight"].shape[1]
+        nets = []
+        for i in range(int(m)):
+            net = ProbexNet(*center.shape, len(labels), text_dim, settings)
+            net.load_state_dict({k: torch.from_numpy(arrays[f"{prefix}net{i}/{k}"]) for k in net.state_dict()})
+            nets.append(net)
+        return cls(layer, tuple(center.shape), labels, [str(t) for t in arrays[f"{prefix}texts"]], center, nets,
                    settings, val_accuracy, int(epochs))
 
 
@@ -179,25 +191,27 @@ def direction(x: Tensor, center: Tensor) -> Tensor:
 def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], texts: Sequence[str], text: Tensor,
                base: dict[str, Tensor] | None = None, s: ProbexSettings = ProbexSettings()) -> tuple[ProbexExpert, dict[str, float]]:
     """The family's expert: each candidate layer (name -> (n, d_H, d_W)) trained and scored by
-    k-fold cross-validation over the labelled members (a family has few: one small validation
-    split would pick layers and epoch counts by chance); the best layer refitted on all of them
-    for the best mean epoch count. ``base`` holds the family base's layers (else the labelled
-    members' mean stands in for it).
+    k-fold cross-validation over the labelled members, repeated with ``s.repeats`` seeds (each
+    its own split and initialisation: a family has few labelled members, and one split would
+    pick layers and epoch counts by chance). The best layer of the mean curve is refitted on
+    all members once per seed, for its best epoch count. ``base`` holds the family base's
+    layers (else the labelled members' mean stands in for it).
 
     Returns the expert and every candidate's cross-validated accuracy (the layer choice, shown).
     """
     scores: dict[str, tuple[float, int]] = {}
     centers = {name: base[name].float() if base else x.float().mean(0) for name, x in layers.items()}
-    splits = folds(len(y), s.folds, s.seed)
+    seeds = [replace(s, seed=s.seed + i) for i in range(s.repeats)]
     for name, x in layers.items():
         xn = direction(x, centers[name])
-        curves = [np.array(train_net(xn[tr], y[tr], text, s, s.epochs, xn[va], y[va])[1]) * len(va) for tr, va in splits]
-        history = sum(curves) / len(y)
+        curves = [np.array(train_net(xn[tr], y[tr], text, r, r.epochs, xn[va], y[va])[1]) * len(va)
+                  for r in seeds for tr, va in folds(len(y), r.folds, r.seed)]
+        history = sum(curves) / (len(y) * len(seeds))
         best = int(np.argmax(history))  # the first epoch count at the best mean accuracy
         scores[name] = (float(history[best]), best + 1)
     layer = max(scores, key=lambda n: (scores[n][0], -list(layers).index(n)))
     accuracy, epochs = scores[layer]
     x = layers[layer]
-    net, _ = train_net(direction(x, centers[layer]), y, text, s, epochs)
-    expert = ProbexExpert(layer, tuple(x.shape[1:]), list(labels), list(texts), centers[layer], net, s, accuracy, epochs)
+    nets = [train_net(direction(x, centers[layer]), y, text, r, epochs)[0] for r in seeds]
+    expert = ProbexExpert(layer, tuple(x.shape[1:]), list(labels), list(texts), centers[layer], nets, s, accuracy, epochs)
     return expert, {n: v[0] for n, v in scores.items()}
