@@ -5,7 +5,8 @@ trees. The fine-tunes whose cards name their datasets are the labelled models (`
 --labels`` gets them with the datasets' descriptions); the others are held out: their cards say
 nothing, and every score below is on them. Baselines get the same split and choose their layer
 by the same cross-validation folds of the labelled models:
-  - fingerprint: the stats stage's untrained probe features (fixed random U, V) + a logistic head;
+  - fingerprint: untrained probe features of each layer (fixed random U, V; the stats stage's
+    ``probe_features``) + a logistic head;
   - dense: ridge regression on the flattened layer (centred on the labelled models' mean),
     threshold 0.5; also the best layer on the held-out models themselves (an oracle);
   - stats: every layer's statistics (layer_stats) + a logistic head.
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 from hubtree.lake import Lake
+from hubtree.ops.weights.layer_stats import batch_layer_stats
+from hubtree.ops.weights.probes import probe_features
 from hubtree.ops.weights.probex import ProbexSettings, folds
 from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.zoo.build import load_truth
@@ -136,12 +139,6 @@ def run_zoo(out: Path, seed: int, epochs: int) -> dict:
         scored[r["repo_id"]][r["label"]] = r["score"]
 
     results: dict[str, list] = defaultdict(list)
-    fingerprints = defaultdict(dict)
-    for r in lake.query("SELECT repo_id, tensor, features FROM probe_features").to_pylist():
-        fingerprints[r["repo_id"]][r["tensor"]] = np.array(r["features"])
-    layer_stats = defaultdict(dict)
-    for r in lake.query(f"SELECT repo_id, tensor, {', '.join(STAT_COLUMNS)} FROM layer_stats").to_pylist():
-        layer_stats[r["repo_id"]][r["tensor"]] = [r[c] if r[c] is not None and np.isfinite(r[c]) else 0.0 for c in STAT_COLUMNS]
     for family, repos in truth.families.items():
         train = [r for r in labelled if r in repos]
         test = [r for r in held_out if r in repos]
@@ -155,10 +152,12 @@ def run_zoo(out: Path, seed: int, epochs: int) -> dict:
         results["dense"].append((choose_layer(dense, y, ridge)[1], y_test))
         oracle = max((ridge(*dense[n][:1], y, dense[n][1]) for n in layers), key=lambda s: metrics(s, y_test)["acc"])
         results["dense, best layer on test"].append((oracle, y_test))
-        fp = {n: (np.stack([fingerprints[r][n] for r in train]), np.stack([fingerprints[r][n] for r in test])) for n in layers}
+        # Fingerprints and statistics of every layer, by the stats stage's functions (the stage itself reads
+        # only the attention matrices by default).
+        fp = {n: tuple(np.stack([probe_features(torch.from_numpy(weights[r][n])).numpy() for r in rs]) for rs in (train, test)) for n in layers}
         results["fingerprint"].append((choose_layer(fp, y, logistic)[1], y_test))
-        st = lambda r: np.concatenate([layer_stats[r][n] for n in sorted(layer_stats[r])])  # noqa: E731
-        results["stats"].append((logistic(np.stack([st(r) for r in train]), y, np.stack([st(r) for r in test])), y_test))
+        st = {r: _stats(weights[r]) for r in train + test}
+        results["stats"].append((logistic(np.stack([st[r] for r in train]), y, np.stack([st[r] for r in test])), y_test))
 
     precision, precision_unlabelled = [], []
     for name, d in truth.datasets.items():
@@ -169,6 +168,11 @@ def run_zoo(out: Path, seed: int, epochs: int) -> dict:
     summary = {method: metrics(np.concatenate([s for s, _ in parts]), np.concatenate([y for _, y in parts])) for method, parts in results.items()}
     return {"seed": seed, "methods": summary, "p5": float(np.mean(precision)), "p5_unlabelled": float(np.mean(precision_unlabelled)),
             "fit_s": fit_s, "predict_s": predict_s, "load": (load, os.getloadavg()[0]), "fit": fit, "predict": predicted, "labelled": len(labelled), "held_out": len(held_out)}
+
+
+def _stats(matrices: dict[str, np.ndarray]) -> np.ndarray:
+    stats = batch_layer_stats({n: torch.from_numpy(w) for n, w in matrices.items()}, torch.device("cpu"))
+    return np.array([v if v is not None and np.isfinite(v) else 0.0 for n in sorted(stats) for v in (getattr(stats[n], c) for c in STAT_COLUMNS)])
 
 
 def _matrices(path: Path) -> dict[str, np.ndarray]:
