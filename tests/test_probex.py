@@ -1,11 +1,17 @@
 """The ProbeX expert on its own: an average of nets, chosen and refitted over repeated cross-validation."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from hubtree.errors import LakeError
+from hubtree.lake import Lake
 from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, fit_expert
+from hubtree.pipelines.probex import load_probex_model
 
 SETTINGS = ProbexSettings(r_u=4, r_v=4, r_t=8, epochs=30, lr=1e-2, folds=2, repeats=2)
 
@@ -40,3 +46,12 @@ def test_expert_averages_its_nets_and_survives_the_round_trip():
     assert again.layer == "signal" and again.epochs == expert.epochs and len(again.nets) == 2
     assert torch.allclose(again.predict(again.responses(layers["signal"]))[0], scores)
     assert torch.allclose(again.query(text), q)
+
+
+def test_a_model_fitted_by_an_older_hubtree_is_refused_with_what_to_do(tmp_path):
+    buf = io.BytesIO()  # the previous layout: one net per expert, its keys straight under the family
+    np.savez(buf, families=np.array([0]), **{"family0/text_map.weight": np.zeros((8, 12), np.float32)})
+    lake = Lake(str(tmp_path / "lake"))
+    lake.commit("probex-fit", "run1", {"blobs": [lake.write_blob("probex", "old", "run1", buf.getvalue(), ".npz")]})
+    with pytest.raises(LakeError, match="older hubtree.*probex fit"):
+        load_probex_model(lake)
