@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from hubtree import prefect_local
+from hubtree.cli_options import absolute, token_for_hub
 from hubtree.errors import HubtreeError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -111,20 +112,6 @@ def zoo(out: Path, seed: int, scale: int, realistic: bool, labelled: bool) -> No
     click.echo(f"zoo: {published} repos in {out / 'hub'}, truth in {out / 'truth.json'} ({time.perf_counter() - started:.0f} s)")
 
 
-def _trust_hub(ctx: click.Context, param: click.Parameter, urls: tuple[str, ...]) -> None:
-    """``--token-for-hub URL``: this process and the Ray workers it starts may send HF_TOKEN there."""
-    from hubtree.ops.hub.token_scope import add_token_hub
-
-    for url in urls:
-        add_token_hub(url)
-
-
-token_for_hub = click.option(
-    "--token-for-hub", "token_hubs", multiple=True, expose_value=False, callback=_trust_hub, metavar="URL",
-    help="Also send HF_TOKEN to this hub (repeatable). By default only https://huggingface.co and HF_ENDPOINT get it.",
-)
-
-
 def crawl_options(command):
     """The hub and listing options shared by every verb that crawls."""
     options = [
@@ -172,7 +159,7 @@ def _query_params(hub, lake, author, search, filters, sort, limit, family, batch
     hub = hub or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     check_hub(hub)  # a missing folder, offline mode or a refused connection: one line, before anything starts
     return {
-        "hub": _absolute(hub), "lake": _absolute(lake), "author": author,
+        "hub": absolute(hub), "lake": absolute(lake), "author": author,
         "search": search, "filter": list(filters), "sort": sort, "limit": limit, "family": family,
         "batch_size": batch_size, "ray_address": ray_address,
     }
@@ -212,10 +199,6 @@ def require_lake(lake: str):
     return the_lake
 
 
-def _absolute(location: str) -> str:
-    return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
 @main.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from (e.g. a mirror).")
@@ -245,7 +228,7 @@ def stats(lake, hub, layers, budget_mib, full, batch_size, ray_address) -> None:
 
     budget = {"budget_bytes": int(budget_mib * (1 << 20))} if budget_mib else {}
     with prefect_local.foreground():
-        summary = stats_flow(lake=_absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address,
+        summary = stats_flow(lake=absolute(lake), hub=hub, layers=layers, full=full, batch_size=batch_size, ray_address=ray_address,
                              progress=progress_bars(), **budget)
     click.echo(
         f"stats {summary['status']}: {summary['tensors']} tensors of {summary['models']} models, "
@@ -396,7 +379,7 @@ def trees(lake: str, declared: bool, k: int) -> None:
     from hubtree.pipelines.trees import trees_flow
 
     with prefect_local.foreground():
-        summary = trees_flow(lake=_absolute(lake), use_declared=declared, k=k)
+        summary = trees_flow(lake=absolute(lake), use_declared=declared, k=k)
     click.echo(f"trees {summary['status']}: {summary['models']} models in {summary['families']} families, {summary['edges']} edges")
     exit_for(summary["status"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from hubtree import prefect_local
-from hubtree.cli_lora import _absolute
+from hubtree.cli_options import absolute
 
 
 def format_table(table, fmt: str) -> str:
@@ -23,7 +23,7 @@ def snapshots(lake: str, fmt: str) -> None:
     """
     from hubtree.lake import Lake
 
-    click.echo(format_table(Lake(_absolute(lake)).snapshots(), fmt))
+    click.echo(format_table(Lake(absolute(lake)).snapshots(), fmt))
 
 
 @click.group()
@@ -39,7 +39,7 @@ def compact(url: str, retention_days: float) -> None:
     from hubtree.pipelines.compact import compact_flow
 
     with prefect_local.foreground():
-        result = compact_flow(lake=_absolute(url), retention_days=retention_days)
+        result = compact_flow(lake=absolute(url), retention_days=retention_days)
     click.echo(f"compact {result['status']}: {result['files_before']} data files -> {result['files_after']}, "
                f"{result['blobs_removed']} unreferenced blob files removed")
 
@@ -52,7 +52,7 @@ def export(url: str, table: str, out: str) -> None:
     """Write one table as plain Parquet, for engines that do not speak DuckLake."""
     from hubtree.lake import Lake
 
-    click.echo(Lake(_absolute(url)).export(table, _absolute(out)))
+    click.echo(Lake(absolute(url)).export(table, absolute(out)))
 
 
 @lake.command()
@@ -63,7 +63,7 @@ def migrate(old: str, url: str) -> None:
     from hubtree.lake import Lake
     from hubtree.migrate import migrate as run_migration
 
-    counts = run_migration(_absolute(old), Lake(_absolute(url)))
+    counts = run_migration(absolute(old), Lake(absolute(url)))
     click.echo(format_table(_counts_table(counts), "table"))
 
 
@@ -73,7 +73,7 @@ def attach(url: str) -> None:
     """Print the statements that open this lake in any DuckDB (the CLI, another program), with no network."""
     from hubtree.lake import Lake
 
-    the_lake = Lake(_absolute(url))
+    the_lake = Lake(absolute(url))
     click.echo(";\n".join([*the_lake.load_sql(), the_lake.attach_sql(), "USE lake"]) + ";")
 
 

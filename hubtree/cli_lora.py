@@ -1,20 +1,16 @@
 """``hubtree lora`` and ``hubtree dsire``: the LoRA attacks as commands (flows in ``pipelines/lora.py``)."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from hubtree import prefect_local
-
-
-def _absolute(location: str) -> str:
-    return location if "://" in location else os.path.abspath(location)
+from hubtree.cli_options import absolute, token_for_hub
 
 
 @click.command()
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from.")
+@token_for_hub
 @click.option("--layers", default=None, help="Only 2-D tensors whose name matches this regex (default: all).")
 @click.option("--iterations", default=300, show_default=True, help="Spectral DeTuning iterations per layer (at most).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
@@ -37,7 +33,7 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
     from hubtree.pipelines.lora import lora_flow
 
     with prefect_local.foreground():
-        s = lora_flow(lake=_absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
+        s = lora_flow(lake=absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
     click.echo(
         f"lora {s['status']}: {s['groups']} candidate groups, {s['recovered']} bases recovered "
         f"({s['layers']} layers), {s['low']} low-confidence" + "".join(f"\n  {f}" for f in s["files"])
@@ -58,6 +54,7 @@ def dsire() -> None:
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
 @click.option("--labels", "labels_csv", required=True, type=click.Path(dir_okay=False), help="CSV with header repo_id,dataset_size.")
 @click.option("--hub", default=None, help="Read adapters from this hub instead of the one each repo was crawled from.")
+@token_for_hub
 def fit(lake, labels_csv, hub) -> None:
     """Fit DSiRe on the labelled adapters and store it in the lake.
 
@@ -71,7 +68,7 @@ def fit(lake, labels_csv, hub) -> None:
     from hubtree.pipelines.lora import dsire_fit_flow
 
     with prefect_local.foreground():
-        s = dsire_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub)
+        s = dsire_fit_flow(lake=absolute(lake), labels_csv=labels_csv, hub=hub)
     click.echo(f"dsire fit {s['status']}: model {s['model_id']} on {s['n_train']} adapters")
 
 
@@ -79,6 +76,7 @@ def fit(lake, labels_csv, hub) -> None:
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL), crawled first.")
 @click.option("--model", "model_id", default=None, help="Model id from `dsire fit` (default: the latest fit).")
 @click.option("--hub", default=None, help="Read adapters from this hub instead of the one each repo was crawled from.")
+@token_for_hub
 def predict(lake, model_id, hub) -> None:
     """Estimate dataset sizes of every adapter in the lake that did not train the model.
 
@@ -87,11 +85,11 @@ def predict(lake, model_id, hub) -> None:
     """
     from hubtree.cli import require_lake
 
-    the_lake = require_lake(_absolute(lake))
+    the_lake = require_lake(absolute(lake))
     from hubtree.pipelines.lora import dsire_predict_flow, load_dsire_model
 
     load_dsire_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
     with prefect_local.foreground():
-        s = dsire_predict_flow(lake=_absolute(lake), model=model_id, hub=hub)
+        s = dsire_predict_flow(lake=absolute(lake), model=model_id, hub=hub)
     click.echo(f"dsire predict {s['status']}: {s['estimated']} adapters estimated with model {s['model_id']}, "
                f"{len(s['skipped'])} skipped (another base or LoRA config)")

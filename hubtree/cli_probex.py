@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from hubtree import prefect_local
-from hubtree.cli_lora import _absolute
+from hubtree.cli_options import absolute, token_for_hub
 
 
 @click.group()
@@ -29,6 +29,7 @@ def probex() -> None:
 @click.option("--max-layers", default=12, show_default=True, help="Candidate layers tried per family (spread over depth).")
 @click.option("--epochs", default=100, show_default=True, help="Training epochs per candidate layer.")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from.")
+@token_for_hub
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
 def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_address) -> None:
     """Fit one ProbeX expert per family with enough labelled members; store them in the lake.
@@ -43,7 +44,7 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
     from hubtree.pipelines.probex import probex_fit_flow
 
     with prefect_local.foreground():
-        s = probex_fit_flow(lake=_absolute(lake), labels_csv=labels_csv, hub=hub, layers=layers, min_labelled=min_labelled,
+        s = probex_fit_flow(lake=absolute(lake), labels_csv=labels_csv, hub=hub, layers=layers, min_labelled=min_labelled,
                             max_layers=max_layers, epochs=epochs, ray_address=ray_address)
     for family, e in sorted(s["experts"].items()):
         click.echo(f"family {family}: expert on {e['layer']} ({e['labels']} labels, {e['members']} labelled models, "
@@ -60,6 +61,7 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
 @click.option("--lake", required=True, help="Lake root (folder or fsspec URL).")
 @click.option("--model", "model_id", default=None, help="Model id from `probex fit` (default: the latest fit).")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from.")
+@token_for_hub
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
 def predict(lake, model_id, hub, ray_address) -> None:
     """Label every model of each family with an expert: model_labels (a score in [0, 1] per label)
@@ -67,11 +69,11 @@ def predict(lake, model_id, hub, ray_address) -> None:
     from hubtree.lake import Lake
     from hubtree.pipelines.probex import load_probex_model, probex_predict_flow
 
-    the_lake = Lake(_absolute(lake))
+    the_lake = Lake(absolute(lake))
     the_lake.require()
     load_probex_model(the_lake, model_id)  # a missing model is one clear line, before any flow starts
     with prefect_local.foreground():
-        s = probex_predict_flow(lake=_absolute(lake), model=model_id, hub=hub, ray_address=ray_address)
+        s = probex_predict_flow(lake=absolute(lake), model=model_id, hub=hub, ray_address=ray_address)
     click.echo(f"probex predict {s['status']}: {s['models']} models labelled ({s['labels']} scores) with model {s['model_id']}, "
                f"{len(s['skipped'])} skipped; {s['bytes_fetched'] / 1e6:.2f} MB read")
 
@@ -95,6 +97,6 @@ def search(lake, limit, fmt, model_id, query) -> None:
     from hubtree.lake import Lake
     from hubtree.pipelines.probex import hits_table, search_lake
 
-    the_lake = Lake(_absolute(lake))
+    the_lake = Lake(absolute(lake))
     the_lake.require()
     click.echo(format_table(hits_table(search_lake(the_lake, query, limit, model_id)), fmt))

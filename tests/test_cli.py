@@ -18,11 +18,23 @@ def verbs(group, prefix=()):
             yield from verbs(command, (*prefix, name))
 
 
+def _command(verb):
+    command = main
+    for name in verb:
+        command = command.commands[name]
+    return command
+
+
 @pytest.mark.parametrize("verb", [(), *verbs(main)], ids=lambda v: " ".join(v) or "hubtree")
 def test_every_verb_has_help(verb):
     result = CliRunner().invoke(main, [*verb, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and len(result.output.splitlines()) > 4
+
+
+@pytest.mark.parametrize("verb", [v for v in verbs(main) if "--hub" in [p.opts[0] for p in _command(v).params]], ids=" ".join)
+def test_every_verb_that_reads_a_hub_can_trust_it_with_the_token(verb):
+    assert "--token-for-hub" in [p.opts[0] for p in _command(verb).params]
 
 
 def test_console_script_runs():
