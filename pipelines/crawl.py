@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError
 from hubtree.lake import Lake
-from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo, split_copy
+from hubtree.ops.hub.catalog import CrawlError, RepoCatalog, catalog_repo, copy_name, split_copy
 from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.weights.safetensors_reader import TensorEntry
@@ -114,7 +114,7 @@ def copy_duplicate_tensors(lake: Lake, catalogs: list[RepoCatalog]) -> None:
     rows = lake.query(f"SELECT repo_id, revision, file, name, dtype, shape, data_begin, data_end FROM tensors WHERE {where}", params).to_pylist()
     by_copy: dict[str, list[dict]] = {}
     for r in rows:
-        by_copy.setdefault(f"{r['repo_id']}@{r['revision']}:{r['file']}", []).append(r)
+        by_copy.setdefault(copy_name(r["repo_id"], r["revision"], r["file"]), []).append(r)
     for cat in catalogs:
         for path, copy in cat.duplicates.items():
             cat.tensors += [TensorEntry(r["name"], r["dtype"], tuple(r["shape"]), path, r["data_begin"], r["data_end"]) for r in by_copy.get(copy, [])]
@@ -126,7 +126,7 @@ def first_copies(catalogs: list[RepoCatalog], known: dict[str, str]) -> dict[str
     for cat in catalogs:
         for f in cat.record.files if cat.ok and cat.record else []:
             if cat.file_kinds.get(f.path) in WEIGHTS_KINDS and f.sha256 and f.path not in cat.duplicates:
-                found.setdefault(f.sha256, f"{cat.ref.repo_id}@{cat.ref.revision}:{f.path}")
+                found.setdefault(f.sha256, copy_name(cat.ref.repo_id, cat.ref.revision, f.path))
     return {sha: copy for sha, copy in found.items() if sha not in known}
 
 

@@ -43,6 +43,7 @@ from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
 
+STATS_TABLES = ("layer_stats", "layer_sketches", "probe_features")  # what the stage writes per tensor
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
 CHUNK_BYTES = 512 * 1024 * 1024
 
@@ -239,25 +240,23 @@ def pending_units(lake: Lake, layers: str | None, settings: StatsSettings = Stat
 def copied_rows(lake: Lake, copied: list[CopiedFile]) -> tuple[dict[str, list[dict]], list[CopiedFile]]:
     """The rows of each copied file, taken from the file it copies (same bytes, same rows read, same numbers);
     and the copied files whose original has none of them yet (it failed, or was read at other rows)."""
-    stats_tables = ("layer_stats", "layer_sketches", "probe_features")
-    out: dict[str, list[dict]] = {name: [] for name in stats_tables}
     originals = sorted({c.of for c in copied})
     where = " OR ".join("(repo_id = ? AND revision = ? AND file = ?)" for _ in originals)
     params = [part for key in originals for part in key]
-    found: dict[str, dict[tuple, list[dict]]] = {}
-    for name in stats_tables:
-        by_key = found.setdefault(name, {})
+    found: dict[str, dict[tuple, dict]] = {name: {} for name in STATS_TABLES}
+    for name in STATS_TABLES:
         for row in lake.query(f"SELECT * EXCLUDE (run_id, batch_id, crawl_date) FROM {name}_all WHERE {where}", params).to_pylist():
-            by_key.setdefault((row["repo_id"], row["revision"], row["file"], row["tensor"], row["row_begin"], row["row_end"]), []).append(row)
+            found[name].setdefault((row["repo_id"], row["revision"], row["file"], row["tensor"], row["row_begin"], row["row_end"]), row)
+    out: dict[str, list[dict]] = {name: [] for name in STATS_TABLES}
     missing = []
     for c in copied:
         wanted = [(*c.of, tensor, s and s.begin, s and s.end) for tensor, s in c.samples.items()]
         if not all(key in found["layer_stats"] for key in wanted):
             missing.append(c)
             continue
-        for name in stats_tables:
-            out[name] += [{**row, "repo_id": c.repo_id, "revision": c.revision, "file": c.file}
-                          for key in wanted for row in found[name].get(key, [])[:1]]
+        for name in STATS_TABLES:
+            out[name] += [{**found[name][key], "repo_id": c.repo_id, "revision": c.revision, "file": c.file}
+                          for key in wanted if key in found[name]]
     return out, missing
 
 
@@ -271,7 +270,7 @@ def as_unit(copy: CopiedFile) -> ModelUnit:
 def stats_batch(pool: WorkerPool, units: list[ModelUnit], lake: Lake, run_id: str, day: date) -> list[UnitResult]:
     """Process a batch of models on the pool and commit their rows as one unit."""
     results = sorted(pool.map_unordered(lambda actor, unit: actor.process.remote(unit), units), key=lambda r: r.unit.repo_id)
-    rows: dict[str, list[dict]] = {name: [] for name in ("layer_stats", "layer_sketches", "probe_features")}
+    rows: dict[str, list[dict]] = {name: [] for name in STATS_TABLES}
     for result in results:
         for name, table_rows in result.rows.items():
             rows[name] += table_rows

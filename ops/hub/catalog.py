@@ -84,6 +84,11 @@ class AdapterInfo:
     target_modules: list[str]
 
 
+def copy_name(repo_id: str, revision: str, path: str) -> str:
+    """How ``files.duplicate_of`` names the file a duplicate copies: ``"repo_id@revision:path"``."""
+    return f"{repo_id}@{revision}:{path}"
+
+
 def split_copy(copy: str) -> tuple[str, str, str]:
     """A duplicate's ``"repo_id@revision:path"`` (``files.duplicate_of``) as (repo_id, revision, path)."""
     repo_id, rest = copy.split("@", 1)

@@ -323,7 +323,8 @@ def read_tensor(source: ByteSource, entry: TensorEntry) -> np.ndarray:
     """Exactly one tensor's bytes, decoded to a numpy array of its own dtype and shape.
 
     ``entry`` must come from ``read_header`` on the same source, so its offsets have
-    been validated against the file; this is the only way later stages read weights.
+    been validated against the file. Stages that read many tensors of a file at once use
+    ``row_sample.read_blocks``, which coalesces their ranges through ``read_ranges``.
     """
     return decode(source.read(entry.begin, entry.end), entry.dtype, entry.shape)
 
