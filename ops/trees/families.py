@@ -19,17 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
-from scipy.spatial.distance import squareform
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _OUTPUT = re.compile(r"o_proj|out_proj|attention\.output|to_out", re.IGNORECASE)
 
 # Scratch bound of the blocked searches: at most this many float32 distances at once (64 MiB).
 _SCRATCH = 1 << 24
+_TORCH_FROM = 4096  # columns from which kNN's top-k is torch's (see _smallest)
 
 
 def square_attention_layers(shapes: Mapping[str, Sequence[int]]) -> list[str]:
@@ -72,35 +70,52 @@ def knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every row i, the k rows j != i of ``base`` nearest to ``queries[i]`` (default: base[i]).
 
-    Exact blocked search: candidates by the Gram trick in float32 (torch's matmul and
-    top-k, several times faster than numpy's argpartition), their distances then
+    Exact blocked search: candidates by the Gram trick in float32,
+    ``d2[i, j] = ||q_i||^2 + ||b_j||^2 - 2 q_i . b_j`` (``_smallest``), their distances then
     recomputed in float64. ``allowed(rows)`` gives a (len(rows), n) mask of admissible
     neighbours (upload order, quantized leaves). Memory kept is O(n k); the scratch per
     block is bounded by ``_SCRATCH``. Missing neighbours are index -1, distance inf.
 
     Returns:
-        (idx, dist), both (n, k), each row sorted by distance.
+        (idx, dist), both (n, k), each row sorted by distance, equal distances by index.
     """
     n = len(base)
     k = max(0, min(k, n - 1))
     queries = base if queries is None else queries
-    b, q = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (base, queries))
-    b_sq, q_sq = (b * b).sum(1), (q * q).sum(1)
+    b, q = (np.ascontiguousarray(a, dtype=np.float32) for a in (base, queries))
+    b_sq, q_sq = np.einsum("ij,ij->i", b, b), np.einsum("ij,ij->i", q, q)
+    minus_2bt = -2.0 * b.T
     idx = np.full((n, k), -1, dtype=np.int64)
     step = max(1, _SCRATCH // max(n, 1))
     for r0 in range(0, n if k else 0, step):
         rows = np.arange(r0, min(n, r0 + step))
-        d2 = torch.addmm(b_sq[None, :], q[r0 : r0 + len(rows)], b.T, alpha=-2.0).add_(q_sq[r0 : r0 + len(rows), None])
-        d2[torch.arange(len(rows)), torch.from_numpy(rows)] = torch.inf
+        d2 = q[r0 : r0 + len(rows)] @ minus_2bt
+        d2 += b_sq[None, :]
+        d2 += q_sq[r0 : r0 + len(rows), None]
+        d2[np.arange(len(rows)), rows] = np.inf
         if allowed is not None:
-            d2[torch.from_numpy(~allowed(rows))] = torch.inf
-        found, part = torch.topk(d2, k, dim=1, largest=False)
-        idx[rows] = np.where(torch.isfinite(found).numpy(), part.numpy(), -1)
+            d2[~allowed(rows)] = np.inf
+        part = _smallest(d2, k)
+        idx[rows] = np.where(np.isfinite(np.take_along_axis(d2, part, axis=1)), part, -1)
     dist = np.full((n, k), np.inf)
     has = idx >= 0
     dist[has] = pair_distances(queries, base, np.repeat(np.arange(n), k).reshape(n, k)[has], idx[has])
-    order = np.argsort(dist, axis=1, kind="stable")
+    order = np.lexsort((np.where(has, idx, n), dist), axis=1)
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def _smallest(d2: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k smallest entries, in any order.
+
+    torch's top-k is ~15x faster than numpy's argpartition on rows of 20k, but importing
+    torch costs 1-2 s, more than argpartition loses below ``_TORCH_FROM`` columns: so
+    ``hubtree trees`` on a lake of a few thousand models starts without it.
+    """
+    if d2.shape[1] < _TORCH_FROM:
+        return np.argpartition(d2, k - 1, axis=1)[:, :k]
+    import torch
+
+    return torch.topk(torch.from_numpy(d2), k, dim=1, largest=False).indices.numpy()
 
 
 def pair_distances(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -174,8 +189,8 @@ def cluster_block(
     MoTHer uses Ward on the mean distance; we do not, because a LoRA merge's adapted layers
     can move farther than an unrelated model is: on the tuning zoo of seed 0, Ward with
     this same cut left six LoRA merges of one base as six families and split a fine-tune
-    family in three. Kinship is not Euclidean, so the linkage is single (the minimum
-    spanning tree). Up to ``all_pairs_max`` rows it sees every pair; beyond, each row's
+    family in three. Kinship is not Euclidean, so the linkage is single: the families
+    are the components of the minimum spanning tree less its edges above the cut. Up to ``all_pairs_max`` rows it sees every pair; beyond, each row's
     ``k`` nearest neighbours and the rows that share a layer exactly, so memory stays O(n k).
     """
     n = len(x)
@@ -183,28 +198,33 @@ def cluster_block(
     if n < 2:
         return Clustering(np.zeros(n, dtype=np.int64), math.inf, "all")
     if n <= all_pairs_max:
-        tree = linkage(_all_pairs_kinship(x, slices), method="single")
-        t = cut_height(tree[:, 2], floor, min_ratio)
-        return Clustering(_first_seen(fcluster(tree, t, criterion="distance")), t, "all")
-    a, b = _candidate_pairs(x, slices, k)
-    kin = np.maximum(family_distance(x, a, b, slices), 1e-12)  # csgraph reads a 0 weight as no edge
-    mst = minimum_spanning_tree(coo_matrix((kin, (a, b)), shape=(n, n)).tocsr()).tocoo()
+        graph, pairs = csr_matrix(_all_pairs_kinship(x, slices)), "all"  # csgraph reads dense entries below 1e-8 as no edge
+    else:
+        a, b = _candidate_pairs(x, slices, k)
+        graph, pairs = coo_matrix((_nonzero(family_distance(x, a, b, slices)), (a, b)), shape=(n, n)).tocsr(), "knn"
+    mst = minimum_spanning_tree(graph).tocoo()
     t = cut_height(mst.data, floor, min_ratio)
     keep = mst.data <= t
     joined = coo_matrix((mst.data[keep], (mst.row[keep], mst.col[keep])), shape=(n, n))
-    return Clustering(_first_seen(connected_components(joined, directed=False)[1]), t, "knn")
+    return Clustering(_first_seen(connected_components(joined, directed=False)[1]), t, pairs)
+
+
+def _nonzero(kin: np.ndarray) -> np.ndarray:
+    """Kinship as an edge weight: csgraph reads a 0 weight (exact copies) as no edge."""
+    return np.maximum(kin, 1e-12)
 
 
 def _all_pairs_kinship(x: np.ndarray, slices: Sequence[slice]) -> np.ndarray:
-    """Condensed ``family_distance`` of every pair, per layer by the float64 Gram trick."""
+    """``family_distance`` of every pair as an (n, n) matrix, per layer by the float64 Gram trick."""
     kin = np.full((len(x), len(x)), np.inf)
     for sl in slices:
         part = x[:, sl].astype(np.float64)
         sq = np.einsum("ij,ij->i", part, part)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * part @ part.T, 0.0)
         kin = np.minimum(kin, np.sqrt(d2 / np.maximum((sq[:, None] + sq[None, :]) / 2.0, 1e-300)))
+    kin = _nonzero(kin)
     np.fill_diagonal(kin, 0.0)
-    return squareform(kin, checks=False)
+    return kin
 
 
 def _candidate_pairs(x: np.ndarray, slices: Sequence[slice], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,10 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-import networkx as nx
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 
 from hubtree.ops.trees.direction import PRETRAINED_RULE, FamilyDirection, adapter_fixed, family_direction, merged_adapter_edges, reroot
 from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
@@ -320,7 +317,12 @@ def _mean_step(x: np.ndarray, parent: np.ndarray, steps: np.ndarray) -> np.ndarr
 
 
 def _candidates(fam: Family, x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(parent, child, distance) of every candidate edge: kNN among admissible parents, plus declared edges."""
+    """(parent, child, distance) of every candidate edge: kNN among admissible parents, plus declared edges.
+
+    Edges from placeholders come first, so that ``min_arborescence`` (which breaks equal
+    costs by edge order) gives a tie between a placeholder and the member it sits on to
+    the placeholder: its place is a guess the next round refines (see ``_placeholders``).
+    """
     free = fam.free
 
     def allowed(rows: np.ndarray) -> np.ndarray:
@@ -332,7 +334,9 @@ def _candidates(fam: Family, x: np.ndarray, queries: np.ndarray, k: int) -> tupl
     tied = np.nonzero(fam.declared_parent >= 0)[0]
     p = np.concatenate([idx[has], fam.declared_parent[tied]])
     c = np.concatenate([child, tied])
-    return p, c, np.concatenate([dist[has], pair_distances(queries, x, tied, fam.declared_parent[tied])])
+    d = np.concatenate([dist[has], pair_distances(queries, x, tied, fam.declared_parent[tied])])
+    first = np.argsort(~fam.placeholders[p], kind="stable")
+    return p[first], c[first], d[first]
 
 
 def _tree(m: int, p: np.ndarray, c: np.ndarray, cost: np.ndarray, fam: Family) -> np.ndarray:
@@ -661,6 +665,9 @@ def plain_mother(
     rule); per cluster ``M = D + lam * mean(D) * T`` with ``T[p, c] = 1 if kurt(c) > kurt(p)``
     (fine-tuning lowers kurtosis), diagonal infinite, and networkx's Chu-Liu/Edmonds.
     """
+    from scipy.cluster.hierarchy import fcluster, linkage  # the baseline's alone: hubtree's trees start without them
+    from scipy.spatial.distance import squareform
+
     kurtosis = np.asarray(kurtosis, dtype=np.float64)
     edges, next_family = [], 0
     for sig in sorted(set(signature)):
@@ -691,6 +698,8 @@ def _dense_mother(d: np.ndarray, kurtosis: np.ndarray, lam: float) -> np.ndarray
     off = ~np.eye(n, dtype=bool)
     seniority = PAPER_RULE.sign * kurtosis  # T[p, c] = 1 where the child looks more senior than the parent
     cost = d + lam * d[off].mean() * (seniority[None, :] > seniority[:, None])
+    import networkx as nx  # the baseline's alone
+
     graph = nx.DiGraph()
     graph.add_weighted_edges_from((p, c, float(cost[p, c])) for p in range(n) for c in range(n) if p != c)
     parent = np.full(n, -1)

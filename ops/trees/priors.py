@@ -15,12 +15,14 @@ same kind, learned from the declared edges: ``choose_direction``.
 """
 from __future__ import annotations
 
+import graphlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from hubtree.ops.hub.declared import normalise_repo_id
 
@@ -112,22 +114,34 @@ def declared_graph(
 
 
 def _cycle_breaking_edges(pairs: list[tuple[str, str]], created_at: Mapping[str, float]) -> list[tuple[str, str]]:
-    """(child, parent) pairs whose removal leaves the declared graph acyclic."""
-    graph = nx.DiGraph((parent, child) for child, parent in pairs)
-    n_parents = Counter(child for child, _ in pairs)
+    """(child, parent) pairs whose removal leaves the declared graph acyclic.
+
+    Cycles live inside strongly connected components; in each, cycles are found one at a
+    time (``graphlib``'s, a cycle's nodes in edge order) and each loses the edge that
+    ``_drop_rank`` ranks highest.
+    """
+    nodes = {name: i for i, name in enumerate(sorted({name for pair in pairs for name in pair}))}
+    child = np.array([nodes[c] for c, _ in pairs], dtype=np.int64)
+    parent = np.array([nodes[p] for _, p in pairs], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(pairs)), (parent, child)), shape=(len(nodes), len(nodes)))
+    component = connected_components(graph, directed=True, connection="strong")[1]
+    cyclic = np.bincount(component, minlength=1) > 1
+    within: dict[int, dict[str, set[str]]] = {}
+    for (c, p), ci, pi in zip(pairs, child, parent):
+        if component[ci] == component[pi] and cyclic[component[ci]]:
+            within.setdefault(int(component[ci]), {}).setdefault(c, set()).add(p)
+    n_parents = Counter(c for c, _ in pairs)
     removed = []
-    for component in nx.strongly_connected_components(graph):
-        if len(component) < 2:
-            continue
-        sub = graph.subgraph(component).copy()
+    for parents_of in within.values():
         while True:
             try:
-                cycle = nx.find_cycle(sub)
-            except nx.NetworkXNoCycle:
+                graphlib.TopologicalSorter(parents_of).prepare()
                 break
-            parent, child = max(cycle, key=lambda e: _drop_rank(e[1], e[0], created_at, n_parents))
-            sub.remove_edge(parent, child)
-            removed.append((child, parent))
+            except graphlib.CycleError as err:
+                cycle = err.args[1]
+                p, c = max(zip(cycle, cycle[1:]), key=lambda e: _drop_rank(e[1], e[0], created_at, n_parents))
+                parents_of[c].discard(p)
+                removed.append((c, p))
     return removed
 
 
