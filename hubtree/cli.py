@@ -43,8 +43,9 @@ class HubtreeGroup(click.Group):
             sys.exit(1)
 
 
-# Prefect's console log level per verbosity: by default only hubtree's own summary and errors show.
+# Prefect's and Ray's console log levels per verbosity: by default only hubtree's own summary and errors show.
 PREFECT_LOG_LEVELS = {"quiet": "CRITICAL", "default": "CRITICAL", "verbose": "INFO", "debug": "DEBUG"}
+RAY_LOG_LEVELS = {"quiet": "warning", "default": "warning", "verbose": "info", "debug": "debug"}
 
 
 @click.group(cls=HubtreeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +71,8 @@ def main(debug: bool, verbose: bool, quiet: bool) -> None:
     level = "debug" if debug else "verbose" if verbose else "quiet" if quiet else "default"
     if "prefect" not in sys.modules:  # read by Prefect at import
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", PREFECT_LOG_LEVELS[level])
+    if "ray" not in sys.modules:  # read by Ray at import ("Started a local Ray instance" is info)
+        os.environ.setdefault("RAY_LOGGER_LEVEL", RAY_LOG_LEVELS[level])
 
 
 @main.command()

@@ -25,9 +25,10 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
     Groups of 3+ merges are detuned on a pool of Ray actors; recovered layers go to
     a safetensors file per base (LAKE/blobs/recovered/, listed in blobs) and one lora_recoveries row per layer
     (w_error where the true base is in the lake). A group that cannot be attacked gets
-    rows with confidence 'low: <why>' instead of weights.
+    rows with confidence 'low: <why>' instead of weights; one whose weights cannot be
+    read gets 'failed: <why>' and the run ends partial (exit 3).
     """
-    from hubtree.cli import progress_bars, require_lake
+    from hubtree.cli import exit_for, progress_bars, require_lake
 
     require_lake(lake)
     from hubtree.pipelines.lora import lora_flow
@@ -36,8 +37,9 @@ def lora(lake, hub, layers, iterations, ray_address) -> None:
         s = lora_flow(lake=absolute(lake), hub=hub, layers=layers, ray_address=ray_address, iterations=iterations, progress=progress_bars())
     click.echo(
         f"lora {s['status']}: {s['groups']} candidate groups, {s['recovered']} bases recovered "
-        f"({s['layers']} layers), {s['low']} low-confidence" + "".join(f"\n  {f}" for f in s["files"])
+        f"({s['layers']} layers), {s['low']} low-confidence, {s['failed']} failed" + "".join(f"\n  {f}" for f in s["files"])
     )
+    exit_for(s["status"])
 
 
 @click.group()

@@ -36,7 +36,7 @@ from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResult, RepoLoc, detune_units
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for, read_tensor
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -127,22 +127,24 @@ def lora_flow(
     params = {"lake": lake, "hub": hub, "layers": layers, "ray_address": ray_address, "iterations": iterations}
     the_lake, run_id, started = begin_run(lake, "lora", params)
     plans = plan_groups(the_lake, layers)
-    summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "files": []}
+    summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "failed": 0, "files": []}
     rows: list[dict] = []
     blobs: list[dict] = []
     if plans:
         with actor_pool(lambda n: LoraWorker.options(**actor_options()).remote(hub), len(plans), ray_address) as pool:
             checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
             rows, units = _checked(checks, iterations, logger)
-            summary["low"] = sum(c.problem is not None for c in checks)
+            summary["failed"] = sum(c.failed for c in checks)
+            summary["low"] = sum(c.problem is not None and not c.failed for c in checks)
+            summary["status"] = run_status(summary["failed"], len(checks))
             results = _detune(pool, units, progress)
         recovered, blobs = _recovered_rows(the_lake, run_id, checks, results, summary)
         rows += recovered
     the_lake.commit("lora", run_id, {"lora_recoveries": rows, "blobs": blobs}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
-               {"repos_crawled": summary["recovered"], "repos_failed": summary["low"]})
-    logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence", run_id,
-                summary["groups"], summary["recovered"], summary["layers"], summary["low"])
+               {"repos_crawled": summary["recovered"], "repos_skipped": summary["low"], "repos_failed": summary["failed"]})
+    logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence, %d failed", run_id,
+                summary["groups"], summary["recovered"], summary["layers"], summary["low"], summary["failed"])
     return summary
 
 

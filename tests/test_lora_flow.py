@@ -54,6 +54,23 @@ def test_two_merges_give_a_low_confidence_row(zoo_lake, tmp_path):
     assert summary["recovered"] == 0 and summary["files"] == []
     assert rows and all(r["confidence"].startswith("low: only 2 merge(s)") and r["weights_path"] is None for r in rows)
     assert all(r["n_sources"] == 2 for r in rows)
+    (run,) = Lake(lake).query("SELECT status, repos_failed, repos_skipped FROM crawl_runs WHERE flow = 'lora'").to_pylist()
+    assert run == {"status": "completed", "repos_failed": 0, "repos_skipped": 1}  # a low-confidence group is a finding, not a failure
+
+
+def test_an_unreadable_group_fails_the_run_partly_and_low_ones_do_not(zoo_lake, tmp_path):
+    out, truth, lake = zoo_lake
+    shutil.copytree(out / "hub", tmp_path / "hub")
+    shutil.copytree(lake, tmp_path / "lake")
+    for weights in (tmp_path / "hub" / truth.lora.merged[0]).glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])  # truncated after the crawl
+    summary = lora_flow(lake=str(tmp_path / "lake"), hub=str(tmp_path / "hub"), progress=False)
+    assert summary["status"] == "partial" and summary["failed"] == 1 and summary["low"] >= 1, summary
+    (base_repo,) = truth.hidden_bases
+    rows = Lake(str(tmp_path / "lake")).query("SELECT confidence FROM lora_recoveries WHERE base_repo = ?", [base_repo]).to_pylist()
+    assert rows and all(r["confidence"].startswith("failed: ") for r in rows)
+    (run,) = Lake(str(tmp_path / "lake")).query("SELECT * FROM crawl_runs WHERE run_id = ?", [summary["run_id"]]).to_pylist()
+    assert (run["status"], run["repos_failed"], run["repos_skipped"]) == ("partial", 1, summary["low"])
 
 
 def test_dsire_fit_on_half_predicts_the_other_half(zoo_lake, tmp_path):

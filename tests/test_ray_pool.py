@@ -64,3 +64,17 @@ def test_starting_ray_prints_no_token_notice_and_keeps_token_auth():
     assert "auth token" in done.stdout  # Ray still turned token authentication on
     assert "Started a local Ray instance" in done.stderr  # Ray's log does reach the terminal...
     assert "Token authentication is enabled" not in done.stderr  # ...but not the notice
+
+
+@pytest.mark.slow
+def test_a_quiet_verb_keeps_rays_start_up_line_off_the_terminal(tmp_path):
+    # `hubtree -q ...` (and the default) set Ray's log level before Ray is imported; the
+    # verb here fails at once (no lake), then the same process starts Ray as a stage would.
+    code = ("import sys; from hubtree.cli import main\n"
+            f"try: main(['-q', 'sql', '--lake', {str(tmp_path / 'none')!r}, 'select 1'])\n"
+            "except SystemExit: pass\n"
+            "import ray; from hubtree.pipelines.ray_runtime import ensure_ray; ensure_ray(num_cpus=1); ray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_LOGGER_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no lake" in done.stderr and "Started a local Ray instance" not in done.stderr

@@ -60,6 +60,7 @@ class GroupCheck:
     members: list[RepoLoc] = field(default_factory=list)
     layers: dict[str, int] = field(default_factory=dict)  # targeted layer -> rank
     problem: str | None = None  # None: ready to detune
+    failed: bool = False  # a member could not be read (``problem`` says why): a failed unit, not a finding
 
 
 @dataclass
@@ -198,7 +199,7 @@ def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
             return out
         found = check_attack_set(weights, eps=storage_eps(list(locs.values()), names))
     except HubtreeError as err:
-        out.problem = f"low: {type(err).__name__}: {err}"
+        out.problem, out.failed = f"failed: {type(err).__name__}: {err}", True
         return out
     out.members = [locs[m] for m in found.members]
     out.layers = dict(found.layers)
