@@ -146,7 +146,7 @@ def tree_outline(edges: list[DrawnEdge], no_weights: frozenset[str] = frozenset(
         inner = [item(c, depth + 1) for c in kids]
         below = sum(n + 1 for _, n in inner)
         return (f"<details{' open' if depth < open_depth else ''}><summary>{line(node)} "
-                f"<span class='conf'>({len(kids)} children, {below} below)</span></summary>"
+                f"<span class='conf'>({len(kids)} {'child' if len(kids) == 1 else 'children'}, {below} below)</span></summary>"
                 f"<div class='kids'>{''.join(m for m, _ in inner)}</div></details>"), below
 
     return "<div class='outline'>" + "".join(item(r, 0)[0] for r in roots) + "</div>"
