@@ -9,7 +9,7 @@ fitted on go into one file through the lake (``blobs``, kind ``probex``), as the
 A family with too few labelled members gets no expert, and the summary says why.
 
 ``probex_predict_flow`` reads only each expert's layer of every member of its family, turns
-it into probe responses on the actors, and writes ``model_labels`` (a score per label) and
+it into the sketch and probe responses on the actors, and writes ``model_labels`` (a score per label) and
 ``probex_embeddings`` (the text-aligned representation). ``search_lake`` ranks the lake's
 models by a query with ``ops.text.search``.
 """
@@ -268,8 +268,8 @@ def load_probex_model(lake: Lake, model_id: str | None = None) -> ProbexModel:
     model_id, data = lake.read_latest_blob("probex", model_id, "ProbeX model", f"hubtree probex fit --lake {lake.url}")
     arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
     families = [int(f) for f in arrays["families"]]
-    if any(f"family{f}/net0/text_map.weight" not in arrays for f in families):
-        raise LakeError(f"ProbeX model {model_id} was fitted by an older hubtree (one net per expert): "
+    if any(f"family{f}/ridge/weight" not in arrays for f in families):
+        raise LakeError(f"ProbeX model {model_id} was fitted by an older hubtree (before the ridge head): "
                         f"run `hubtree probex fit --lake {lake.url}` again")
     experts = {f: ProbexExpert.from_arrays(arrays, f"family{f}/") for f in families}
     train = {f: [str(r) for r in arrays[f"family{f}/train_repos"]] for f in families}

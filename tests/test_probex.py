@@ -1,4 +1,4 @@
-"""The ProbeX expert on its own: an average of nets, chosen and refitted over repeated cross-validation."""
+"""The ProbeX expert on its own: a ridge head on a sketch of the chosen layer labels models, its nets give the text space."""
 from __future__ import annotations
 
 import io
@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from hubtree.errors import LakeError
 from hubtree.lake import Lake
-from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, fit_expert
+from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, RidgeHead, direction, fit_expert, sketch
 from hubtree.pipelines.probex import load_probex_model
 
-SETTINGS = ProbexSettings(r_u=4, r_v=4, r_t=8, epochs=30, lr=1e-2, folds=2, repeats=2)
+SETTINGS = ProbexSettings(r_u=4, r_v=4, r_t=8, epochs=30, lr=1e-2, folds=2, repeats=2, sketch=6)
 
 
 def _family(n: int = 16, seed: int = 0):
@@ -29,28 +29,40 @@ def _family(n: int = 16, seed: int = 0):
     return layers, y, {"signal": base, "noise": base}
 
 
-def test_expert_averages_its_nets_and_survives_the_round_trip():
-    layers, y, base = _family()
+def test_the_ridge_head_labels_unseen_members_and_the_nets_give_the_text_space():
+    layers, y, base = _family(n=40)
+    train = {name: x[:16] for name, x in layers.items()}
     text = F.normalize(torch.randn(2, 12, generator=torch.Generator().manual_seed(1)), dim=-1)
-    expert, tried = fit_expert(layers, y, ["a", "b"], ["text a", "text b"], text, base, SETTINGS)
-    assert set(tried) == {"signal", "noise"} and expert.layer == "signal" and len(expert.nets) == 2
+    expert, tried = fit_expert(train, y[:16], ["a", "b"], ["text a", "text b"], text, base, SETTINGS)
+    assert set(tried) == {"signal", "noise"} and expert.layer == "signal" and tried["signal"] > tried["noise"]
+    assert len(expert.nets) == 2 and expert.head.weight.shape == (SETTINGS.sketch**2, 2)
     z = expert.responses(layers["signal"])
     scores, reps = expert.predict(z)
-    each = [torch.sigmoid(net.head(net.represent(part))) for net, part in zip(expert.nets, z.chunk(2, dim=1))]
-    assert torch.allclose(scores, torch.stack(each).mean(0).detach())
-    assert ((scores >= 0.5).float() == y).float().mean() >= 0.9  # its training members
+    assert torch.allclose(scores, expert.head.scores(z[:, : SETTINGS.sketch**2]))
+    assert ((scores[16:] >= 0.5).float() == y[16:]).float().mean() >= 0.9  # 24 members it never saw
     q = expert.query(text)
     assert torch.allclose(reps.norm(dim=1), torch.ones(len(y))) and torch.allclose(q.norm(dim=1), torch.ones(2))
     arrays = {k: np.array(v) for k, v in expert.to_arrays("family3/").items()}
     again = ProbexExpert.from_arrays(arrays, "family3/")
     assert again.layer == "signal" and again.epochs == expert.epochs and len(again.nets) == 2
     assert torch.allclose(again.predict(again.responses(layers["signal"]))[0], scores)
+    assert torch.allclose(again.predict(again.responses(layers["signal"]))[1], reps)
     assert torch.allclose(again.query(text), q)
 
 
+def test_the_ridge_head_sees_where_an_update_went_not_how_far():
+    layers, y, base = _family(n=16)
+    head = RidgeHead.fit(direction(layers["signal"], base["signal"]), y, SETTINGS)
+    far = base["signal"] + 10 * (layers["signal"] - base["signal"])
+    near = direction(layers["signal"], base["signal"])
+    v, u = head.sketch_v, head.sketch_u
+    assert torch.allclose(head.scores(sketch(direction(far, base["signal"]), v, u)), head.scores(sketch(near, v, u)), atol=1e-5)
+    assert ((head.scores(sketch(near, v, u)) >= 0.5).float() == y).all()
+
+
 def test_a_model_fitted_by_an_older_hubtree_is_refused_with_what_to_do(tmp_path):
-    buf = io.BytesIO()  # the previous layout: one net per expert, its keys straight under the family
-    np.savez(buf, families=np.array([0]), **{"family0/text_map.weight": np.zeros((8, 12), np.float32)})
+    buf = io.BytesIO()  # the previous layout: nets, no ridge head
+    np.savez(buf, families=np.array([0]), **{"family0/net0/text_map.weight": np.zeros((8, 12), np.float32)})
     lake = Lake(str(tmp_path / "lake"))
     lake.commit("probex-fit", "run1", {"blobs": [lake.write_blob("probex", "old", "run1", buf.getvalue(), ".npz")]})
     with pytest.raises(LakeError, match="older hubtree.*probex fit"):
