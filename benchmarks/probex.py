@@ -9,11 +9,14 @@ by the same cross-validation folds of the labelled models:
     ``probe_features``) + a logistic head;
   - dense: ridge regression on the flattened layer (centred on the labelled models' mean),
     threshold 0.5; also the best layer on the held-out models themselves (an oracle);
+  - dense on the direction: the same ridge on ProbeX's input, each layer's update from the
+    family's base scaled to unit norm (``direction``), the whole layer where ProbeX's head
+    reads a k x k sketch of it;
   - stats: every layer's statistics (layer_stats) + a logistic head.
 Search: each dataset's paraphrase (never its description) as the query; precision@5 over all
 models, and over the held-out models only (found by what their weights predict).
 
-    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4 and 5
+    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4, 5, 6 and 7
     python benchmarks/probex.py --seeds 6 --tune-seeds
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from hubtree.lake import Lake
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
-from hubtree.ops.weights.probex import ProbexSettings, folds
+from hubtree.ops.weights.probex import ProbexSettings, direction, folds
 from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.zoo.build import load_truth
 from hubtree.ops.zoo.labelled import DATA_ORG, build_labelled_zoo, labels_csv
@@ -146,10 +149,13 @@ def run_zoo(out: Path, seed: int, epochs: int) -> dict:
         y, y_test = (np.array([[float(n in truth.labels[r]) for n in names] for r in rs]) for rs in (train, test))
         labels = [f"{DATA_ORG}/{n}" for n in names]
         results["probex"].append((np.array([[scored[r].get(l, 0.0) for l in labels] for r in test]), y_test))
-        weights = {r: _matrices(zoo / "hub" / r / "model.safetensors") for r in train + test}
+        weights = {r: _matrices(zoo / "hub" / r / "model.safetensors") for r in [repos[0], *train, *test]}
         layers = sorted(weights[train[0]])
         dense = {n: (np.stack([weights[r][n].ravel() for r in train]), np.stack([weights[r][n].ravel() for r in test])) for n in layers}
         results["dense"].append((choose_layer(dense, y, ridge)[1], y_test))
+        centred = {n: tuple(direction(torch.from_numpy(np.stack([weights[r][n] for r in rs])), torch.from_numpy(weights[repos[0]][n])).flatten(1).double().numpy()
+                            for rs in (train, test)) for n in layers}
+        results["dense on the direction"].append((choose_layer(centred, y, ridge)[1], y_test))
         oracle = max((ridge(*dense[n][:1], y, dense[n][1]) for n in layers), key=lambda s: metrics(s, y_test)["acc"])
         results["dense, best layer on test"].append((oracle, y_test))
         # Fingerprints and statistics of every layer, by the stats stage's functions (the stage itself reads
@@ -184,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/hubtree-bench-probex"))
     parser.add_argument("--tune-seeds", type=int, nargs="*", default=[0, 3], help="Seeds the settings were tuned on (reported apart).")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5], help="Held-out seeds.")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5, 6, 7], help="Held-out seeds.")
     parser.add_argument("--epochs", type=int, default=None, help="ProbeX epochs per layer (default: ProbexSettings.epochs).")
     args = parser.parse_args()
     torch.set_num_threads(1)
