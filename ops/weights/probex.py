@@ -24,8 +24,8 @@ The label scores come from a closed-form ridge head on a fixed linear sketch of 
 
 because a family has ~20 labelled members: the learned probes and head, fitted by gradient on
 so few, label held-out members worse than this (mean per-label accuracy 0.967 / 0.933 against
-1.000 / 0.983 on the labelled zoos of tuning seeds 0 / 3), and picking among a dozen layers by
-the nets' noisy validation curves overfits the choice. E[<S_1, S_2>] is proportional to
+1.000 / 0.975 on the labelled zoos of tuning seeds 0 / 3, benchmarks/probex.py), and picking
+among a dozen layers by the nets' noisy validation curves overfits the choice. E[<S_1, S_2>] is proportional to
 <X~_1, X~_2>: the sketch keeps the kernel of the dense ridge at k^2 numbers a model, so the
 head is small whatever the layer's size. The layer is the one whose ridge labels held-out
 members best in k-fold cross-validation, repeated over ``repeats`` fold splits (``fit_expert``).
