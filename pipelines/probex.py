@@ -9,7 +9,7 @@ fitted on go into one file through the lake (``blobs``, kind ``probex``), as the
 A family with too few labelled members gets no expert, and the summary says why.
 
 ``probex_predict_flow`` reads only each expert's layer of every member of its family, turns
-it into the sketch and probe responses on the actors, and writes ``model_labels`` (a score per label) and
+it into the probe responses on the actors, and writes ``model_labels`` (a score per label) and
 ``probex_embeddings`` (the text-aligned representation). ``search_lake`` ranks the lake's
 models by a query with ``ops.text.search``.
 """

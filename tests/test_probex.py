@@ -1,4 +1,4 @@
-"""The ProbeX expert on its own: a ridge head on a sketch of the chosen layer labels models, its nets give the text space."""
+"""The ProbeX expert on its own: a sketch chooses the layer, a ridge head on the learned probe responses labels models, the nets give the text space."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hubtree.errors import LakeError
 from hubtree.lake import Lake
-from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, RidgeHead, direction, fit_expert, sketch
+from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, direction, fit_expert
 from hubtree.pipelines.probex import load_probex_model
 
 SETTINGS = ProbexSettings(r_u=4, r_v=4, r_t=8, epochs=30, lr=1e-2, folds=2, repeats=2, sketch=6)
@@ -29,16 +29,16 @@ def _family(n: int = 16, seed: int = 0):
     return layers, y, {"signal": base, "noise": base}
 
 
-def test_the_ridge_head_labels_unseen_members_and_the_nets_give_the_text_space():
+def test_the_ridge_head_on_the_learned_responses_labels_unseen_members_and_the_nets_give_the_text_space():
     layers, y, base = _family(n=40)
     train = {name: x[:16] for name, x in layers.items()}
     text = F.normalize(torch.randn(2, 12, generator=torch.Generator().manual_seed(1)), dim=-1)
     expert, tried = fit_expert(train, y[:16], ["a", "b"], ["text a", "text b"], text, base, SETTINGS)
     assert set(tried) == {"signal", "noise"} and expert.layer == "signal" and tried["signal"] > tried["noise"]
-    assert len(expert.nets) == 2 and expert.head.weight.shape == (SETTINGS.sketch**2, 2)
-    z = expert.responses(layers["signal"])
+    z = expert.responses(layers["signal"])  # ReLU(V^T X~ U) of both nets, side by side
+    assert len(expert.nets) == 2 and z.shape[1] == 2 * SETTINGS.r_v * SETTINGS.r_u and expert.head.weight.shape == (z.shape[1], 2)
     scores, reps = expert.predict(z)
-    assert torch.allclose(scores, expert.head.scores(z[:, : SETTINGS.sketch**2]))
+    assert torch.allclose(scores, expert.head.scores(z))
     assert ((scores[16:] >= 0.5).float() == y[16:]).float().mean() >= 0.9  # 24 members it never saw
     q = expert.query(text)
     assert torch.allclose(reps.norm(dim=1), torch.ones(len(y))) and torch.allclose(q.norm(dim=1), torch.ones(2))
@@ -50,14 +50,13 @@ def test_the_ridge_head_labels_unseen_members_and_the_nets_give_the_text_space()
     assert torch.allclose(again.query(text), q)
 
 
-def test_the_ridge_head_sees_where_an_update_went_not_how_far():
+def test_the_expert_sees_where_an_update_went_not_how_far():
     layers, y, base = _family(n=16)
-    head = RidgeHead.fit(direction(layers["signal"], base["signal"]), y, SETTINGS)
+    expert, _ = fit_expert(layers, y, ["a", "b"], ["text a", "text b"], torch.eye(2, 12), base, SETTINGS)
     far = base["signal"] + 10 * (layers["signal"] - base["signal"])
-    near = direction(layers["signal"], base["signal"])
-    v, u = head.sketch_v, head.sketch_u
-    assert torch.allclose(head.scores(sketch(direction(far, base["signal"]), v, u)), head.scores(sketch(near, v, u)), atol=1e-5)
-    assert ((head.scores(sketch(near, v, u)) >= 0.5).float() == y).all()
+    scores = expert.predict(expert.responses(layers["signal"]))[0]
+    assert torch.allclose(expert.predict(expert.responses(far))[0], scores, atol=1e-5)
+    assert ((scores >= 0.5).float() == y).all()
 
 
 def test_a_model_fitted_by_an_older_hubtree_is_refused_with_what_to_do(tmp_path):

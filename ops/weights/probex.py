@@ -16,25 +16,27 @@ its family's base B (the tree's root where the lake has it, else the members' me
 weights the family shares do not drown the update, and how far a fine-tune went (its
 learning rate and length, the nuisance of a hub) does not count, only where it went.
 
-The label scores come from a closed-form ridge head on a fixed linear sketch of the direction,
+The label scores come from a closed-form ridge head on the learned responses Z of the
+expert's m nets, side by side, rather than from each net's gradient-trained head ``W_c``:
 
-    S = R_V^T X~ R_U                        R_V (d_H x k), R_U (d_W x k) fixed Gaussian: k^2 features
-    r = (S - mu) w + y_bar,  w = S_c^T (K + lam tr(K)/n I)^-1 (Y - y_bar),  K = S_c S_c^T
+    r = (Z - mu) w + y_bar,  w = Z_c^T (K + lam tr(K)/n I)^-1 (Y - y_bar),  K = Z_c Z_c^T
     p = sigmoid(8 (r - 1/2))                a monotone squash of the 0/1 regression into [0, 1]
 
-because a family has ~20 labelled members: the learned probes and head, fitted by gradient on
-so few, label held-out members worse than this (mean per-label accuracy 0.967 / 0.933 against
-1.000 / 0.975 on the labelled zoos of tuning seeds 0 / 3, benchmarks/probex.py), and picking
-among a dozen layers by the nets' noisy validation curves overfits the choice. E[<S_1, S_2>] is proportional to
-<X~_1, X~_2>: the sketch keeps the kernel of the dense ridge at k^2 numbers a model, so the
-head is small whatever the layer's size. The layer is the one whose ridge labels held-out
-members best in k-fold cross-validation, repeated over ``repeats`` fold splits (``fit_expert``).
+because a family has ~20 labelled members: a head fitted by gradient on so few labels
+held-out members worse than the exact ridge on the same learned responses (mean per-label
+accuracy on the labelled zoos of tuning seeds 0 / 3: 0.955 / 0.935 against 0.993 / 0.976).
+The probes U and projection V are still ProbeX's, learned with both losses above.
 
-The learned nets place models in the space shared with text. They are trained on the chosen
-layer, for the epoch count best in the same repeated cross-validation, once per repeat; a
-query's embedding q reaches each net's space through its W_t; the representation is the
-nets' unit h concatenated and scaled by 1/sqrt(m), so ``h . q`` is the mean of their cosines,
-ranks models by text, and a model never labelled is found by its weights.
+The layer is chosen before any net is trained: the same ridge on a fixed k x k Gaussian
+sketch S = R_V^T X~ R_U of each candidate layer's direction, scored by k-fold
+cross-validation repeated over ``repeats`` fold splits (``fit_expert``). E[<S_1, S_2>] is
+proportional to <X~_1, X~_2>, so the sketch ranks layers as a dense linear probe of the
+update would, at k^2 numbers a model; picking among a dozen layers by the nets' noisy
+validation curves overfits the choice. The nets are then trained on that layer for the
+epoch count best in the same cross-validation, once per repeat. A query's embedding q
+reaches each net's space through its W_t; the representation is the nets' unit h
+concatenated and scaled by 1/sqrt(m), so ``h . q`` is the mean of their cosines, ranks
+models by text, and a model never labelled is found by its weights.
 """
 from __future__ import annotations
 
@@ -64,8 +66,8 @@ class ProbexSettings:
     align_weight: float = 1.0
     folds: int = 4  # cross-validation folds for the layer and epoch choice
     seed: int = 0
-    sketch: int = 64  # k: the ridge head reads k x k numbers of each model's layer
-    ridge: float = 1e-3  # lam, relative to the mean eigenvalue of the kernel
+    sketch: int = 64  # k: the layer choice reads k x k numbers of each model's candidate layers
+    ridge: float = 1e-3  # lam of the ridges, relative to the mean eigenvalue of the kernel
 
 
 class ProbexNet(nn.Module):
@@ -93,37 +95,31 @@ class ProbexNet(nn.Module):
 
 @dataclass
 class RidgeHead:
-    """Scores labels from a fixed linear sketch S = R_V^T X~ R_U of a layer's direction (module docstring)."""
+    """Label scores from features z (n, F): the dual-form ridge of the module docstring."""
 
-    sketch_v: Tensor  # R_V (d_H, k)
-    sketch_u: Tensor  # R_U (d_W, k)
-    mean: Tensor  # mu (k^2,)
-    weight: Tensor  # w (k^2, L)
+    mean: Tensor  # mu (F,)
+    weight: Tensor  # w (F, L)
     y_mean: Tensor  # y_bar (L,)
 
-    @staticmethod
-    def sketches(d_h: int, d_w: int, s: ProbexSettings) -> tuple[Tensor, Tensor]:
-        g = torch.Generator().manual_seed(s.seed)
-        return torch.randn(d_h, s.sketch, generator=g) / math.sqrt(d_h), torch.randn(d_w, s.sketch, generator=g) / math.sqrt(d_w)
-
     @classmethod
-    def fit(cls, x: Tensor, y: Tensor, s: ProbexSettings) -> RidgeHead:
-        """The dual-form ridge on the sketches of directions x (n, d_H, d_W) onto labels y (n, L)."""
-        v, u = cls.sketches(x.shape[1], x.shape[2], s)
-        return cls.fit_sketched(sketch(x, v, u), y, s.ridge, v, u)
-
-    @classmethod
-    def fit_sketched(cls, z: Tensor, y: Tensor, lam: float, v: Tensor, u: Tensor) -> RidgeHead:
+    def fit(cls, z: Tensor, y: Tensor, lam: float) -> RidgeHead:
+        """w = Z_c^T (K + lam tr(K)/n I)^-1 (Y - y_bar) for features z (n, F) and labels y (n, L)."""
         z, y = z.double(), y.double()
         mean, y_mean = z.mean(0), y.mean(0)
         zc = z - mean
         k = zc @ zc.T
         alpha = torch.linalg.solve(k + lam * k.trace() / len(k) * torch.eye(len(k), dtype=k.dtype), y - y_mean)
-        return cls(v, u, mean.float(), (zc.T @ alpha).float(), y_mean.float())
+        return cls(mean.float(), (zc.T @ alpha).float(), y_mean.float())
 
     def scores(self, z: Tensor) -> Tensor:
-        """p = sigmoid(8 (r - 1/2)) for sketches z (n, k^2)."""
+        """p = sigmoid(8 (r - 1/2)) for features z (n, F)."""
         return torch.sigmoid(8 * ((z - self.mean) @ self.weight + self.y_mean - 0.5))
+
+
+def sketches(d_h: int, d_w: int, s: ProbexSettings) -> tuple[Tensor, Tensor]:
+    """R_V (d_H, k) and R_U (d_W, k), fixed Gaussian, for the layer choice."""
+    g = torch.Generator().manual_seed(s.seed)
+    return torch.randn(d_h, s.sketch, generator=g) / math.sqrt(d_h), torch.randn(d_w, s.sketch, generator=g) / math.sqrt(d_w)
 
 
 def sketch(x: Tensor, v: Tensor, u: Tensor) -> Tensor:
@@ -131,10 +127,13 @@ def sketch(x: Tensor, v: Tensor, u: Tensor) -> Tensor:
     return (v.T @ x.float() @ u).flatten(1)
 
 
+RIDGE_ARRAYS = ("mean", "weight", "y_mean")  # the head's arrays in a stored expert
+
+
 @dataclass
 class ProbexExpert:
-    """A fitted expert of one family: its layer, the centring, its ridge head (the label scores), its nets
-    (the text space), its labels and their texts."""
+    """A fitted expert of one family: its layer, the centring, its nets, the ridge head on their
+    responses (the label scores), its labels and their texts."""
 
     layer: str
     shape: tuple[int, int]
@@ -151,18 +150,17 @@ class ProbexExpert:
         return direction(x, self.center)
 
     def responses(self, layers: Tensor) -> Tensor:
-        """The sketch and every net's probe responses of raw layers (n, d_H, d_W), side by side
-        (n, k^2 + m r_V r_U): what a worker computes next to the weights."""
+        """Every net's probe responses Z of raw layers (n, d_H, d_W), side by side (n, m r_V r_U):
+        what a worker computes next to the weights."""
         with torch.no_grad():
             x = self.normalise(layers)
-            return torch.cat([sketch(x, self.head.sketch_v, self.head.sketch_u), *(net.responses(x) for net in self.nets)], dim=1)
+            return torch.cat([net.responses(x) for net in self.nets], dim=1)
 
     def predict(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(scores in [0, 1] per label (n, L) from the ridge head, representations (n, m r_T) of unit norm) from responses."""
         with torch.no_grad():
-            k2 = self.head.mean.numel()
-            hs = [net.represent(part) for net, part in zip(self.nets, z[:, k2:].chunk(len(self.nets), dim=1))]
-            return self.head.scores(z[:, :k2]), torch.cat([F.normalize(h, dim=-1) for h in hs], dim=1) / math.sqrt(len(hs))
+            hs = [net.represent(part) for net, part in zip(self.nets, z.chunk(len(self.nets), dim=1))]
+            return self.head.scores(z), torch.cat([F.normalize(h, dim=-1) for h in hs], dim=1) / math.sqrt(len(hs))
 
     def query(self, text_embeddings: Tensor) -> Tensor:
         """Text embeddings (n, 384) mapped into the space of ``predict``'s representations (their dot = mean cosine)."""
@@ -171,7 +169,7 @@ class ProbexExpert:
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         arrays = {f"{prefix}net{i}/{k}": v.detach().numpy() for i, net in enumerate(self.nets) for k, v in net.state_dict().items()}
-        head = {f"{prefix}ridge/{k}": getattr(self.head, k).numpy() for k in ("sketch_v", "sketch_u", "mean", "weight", "y_mean")}
+        head = {f"{prefix}ridge/{k}": getattr(self.head, k).numpy() for k in RIDGE_ARRAYS}
         return arrays | head | {
             f"{prefix}center": self.center.numpy(),
             f"{prefix}meta": np.array([self.layer, *self.labels]),
@@ -184,9 +182,8 @@ class ProbexExpert:
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ProbexExpert:
         layer, *labels = (str(v) for v in arrays[f"{prefix}meta"])
         val_accuracy, epochs, r_u, r_v, r_t, temperature, m = arrays[f"{prefix}numbers"].tolist()
-        head = RidgeHead(*(torch.from_numpy(arrays[f"{prefix}ridge/{k}"]) for k in ("sketch_v", "sketch_u", "mean", "weight", "y_mean")))
-        settings = ProbexSettings(r_u=int(r_u), r_v=int(r_v), r_t=int(r_t), temperature=temperature, repeats=int(m),
-                                  sketch=head.sketch_v.shape[1])
+        head = RidgeHead(*(torch.from_numpy(arrays[f"{prefix}ridge/{k}"]) for k in RIDGE_ARRAYS))
+        settings = ProbexSettings(r_u=int(r_u), r_v=int(r_v), r_t=int(r_t), temperature=temperature, repeats=int(m))
         center = torch.from_numpy(arrays[f"{prefix}center"])
         text_dim = arrays[f"{prefix}net0/text_map.weight"].shape[1]
         nets = []
@@ -248,13 +245,13 @@ def direction(x: Tensor, center: Tensor) -> Tensor:
 
 def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], texts: Sequence[str], text: Tensor,
                base: dict[str, Tensor] | None = None, s: ProbexSettings = ProbexSettings()) -> tuple[ProbexExpert, dict[str, float]]:
-    """The family's expert. Each candidate layer (name -> (n, d_H, d_W)) is scored by its ridge
-    head's k-fold cross-validated accuracy over the labelled members, repeated over ``s.repeats``
-    fold splits (a family has few labelled members, and one split picks layers by chance); the
-    best layer's head is refitted on all members. The nets are trained on that layer: their
-    epoch count is the best of the same repeated cross-validation, and each repeat's seed gives
-    one net refitted on all members. ``base`` holds the family base's layers (else the labelled
-    members' mean stands in for it).
+    """The family's expert. Each candidate layer (name -> (n, d_H, d_W)) is scored by the ridge
+    on its sketch, in k-fold cross-validation over the labelled members repeated over
+    ``s.repeats`` fold splits (a family has few labelled members, and one split picks layers by
+    chance). The nets are trained on the best layer: their epoch count is the best of the same
+    repeated cross-validation, and each repeat's seed gives one net refitted on all members.
+    The head is the ridge on the nets' responses. ``base`` holds the family base's layers (else
+    the labelled members' mean stands in for it).
 
     Returns the expert and every candidate's cross-validated accuracy (the layer choice, shown).
     """
@@ -263,9 +260,8 @@ def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], text
     splits = [split for r in seeds for split in folds(len(y), r.folds, r.seed)]
     scores = {}
     for name, x in layers.items():
-        v, u = RidgeHead.sketches(x.shape[1], x.shape[2], s)
-        z = sketch(direction(x, centers[name]), v, u)
-        scores[name] = sum(label_accuracy(RidgeHead.fit_sketched(z[tr], y[tr], s.ridge, v, u).scores(z[va]), y[va]) * len(va)
+        z = sketch(direction(x, centers[name]), *sketches(x.shape[1], x.shape[2], s))
+        scores[name] = sum(label_accuracy(RidgeHead.fit(z[tr], y[tr], s.ridge).scores(z[va]), y[va]) * len(va)
                            for tr, va in splits) / (len(y) * len(seeds))
     layer = max(scores, key=lambda n: (scores[n], -list(layers).index(n)))
     x = direction(layers[layer], centers[layer])
@@ -273,6 +269,8 @@ def fit_expert(layers: dict[str, Tensor], y: Tensor, labels: Sequence[str], text
               for r in seeds for tr, va in folds(len(y), r.folds, r.seed)]
     epochs = int(np.argmax(sum(curves))) + 1  # the first epoch count at the best mean accuracy
     nets = [train_net(x, y, text, r, epochs)[0] for r in seeds]
-    expert = ProbexExpert(layer, tuple(x.shape[1:]), list(labels), list(texts), centers[layer], nets, RidgeHead.fit(x, y, s),
+    with torch.no_grad():
+        z = torch.cat([net.responses(x) for net in nets], dim=1)
+    expert = ProbexExpert(layer, tuple(x.shape[1:]), list(labels), list(texts), centers[layer], nets, RidgeHead.fit(z, y, s.ridge),
                           s, scores[layer], epochs)
     return expert, scores
