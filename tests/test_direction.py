@@ -75,8 +75,24 @@ def test_a_merged_adapter_edge_is_told_by_its_untouched_layers_and_oriented_by_t
     a, b = np.array([0, 0]), np.array([3, 4])
     assert merged_adapter_edges(x, a, b, [4, 4]).tolist() == [True, False]
     norm = np.array([1.0, 0, 0, 1.5, 0.5])  # the merge grew the norm
-    fixed = adapter_fixed(a, b, np.array([True, False]), norm)
+    step = np.array([0.1, 0.1])  # the edges' RMS steps
+    fixed = adapter_fixed(a, b, np.array([True, False]), norm, step)
     assert fixed.tolist() == [1, 0]  # base is the merge's parent; the fine-tune's edge is left to the witness
+    assert adapter_fixed(a, b, np.array([True, False]), norm, np.array([0.6, 0.6])).tolist() == [0, 0]  # within chance
     parent, values = np.array([3, -1, -1, -1]), np.array([0.0, 0, 0, 1.0])  # the witness roots the pair at 3
     assert reroot(parent, values, +1).tolist() == [3, -1, -1, -1]
     assert reroot(parent, values, +1, lambda a, b: np.array([-1])).tolist() == [-1, -1, -1, 0]  # the edge says: 0 is the parent
+
+
+def test_a_merge_that_moves_the_norm_by_less_than_a_random_step_would_does_not_vote():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=20_000)
+    d = rng.normal(0, 0.01, w.size)  # a step of random direction: RMS 0.01
+    d -= (d @ w) / (w @ w) * w  # no growth beyond ||d||^2 / 2||W||, far below one RMS step
+    norms = np.array([np.linalg.norm(w), np.linalg.norm(w + d)])
+    step = np.array([np.sqrt(np.mean(d**2))])
+    merged = np.array([True])
+    assert adapter_fixed(np.array([0]), np.array([1]), merged, norms, step).tolist() == [0]
+    grown = np.array([norms[0], np.linalg.norm(w + d + 0.003 * w / np.linalg.norm(w) * np.sqrt(w.size))])
+    assert adapter_fixed(np.array([0]), np.array([1]), merged, grown, step).tolist() == [1]
+    assert adapter_fixed(np.array([1]), np.array([0]), merged, grown, step).tolist() == [-1]

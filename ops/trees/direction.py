@@ -24,7 +24,8 @@ sign, depends on the regime, so a family's evidence decides, strongest first:
    less than its noise on short fine-tunes and not at all on output projections under LoRA.
 
 Re-rooting a family (``reroot``) counts every edge's vote at once; edges that merge an
-adapter (``merged_adapter_edges``) vote by the norm instead of the family's witness.
+adapter (``merged_adapter_edges``) vote by the norm instead of the family's witness, where
+the norm moved by more than chance (``adapter_fixed``).
 
 ``FamilyDirection.confidence`` says how far the chosen rule beats the best rule of the
 other sign, and is halved when the other witness, on its own, points the other way.
@@ -249,15 +250,22 @@ def merged_adapter_edges(x: np.ndarray, a: np.ndarray, b: np.ndarray, sizes: Seq
     return changed.any(axis=1) & ~changed.all(axis=1)
 
 
-def adapter_fixed(a: np.ndarray, b: np.ndarray, merged: np.ndarray, norm: np.ndarray) -> np.ndarray:
+def adapter_fixed(a: np.ndarray, b: np.ndarray, merged: np.ndarray, norm: np.ndarray, step: np.ndarray) -> np.ndarray:
     """Merged-adapter edges oriented by the norm growing (+1: ``a`` is the parent), 0 elsewhere.
 
     Weight decay acts on an adapter's factors, never on the weights it merges into, so
     ``||W + BA||`` grows (on 11 of 12 merged-LoRA edges of the realistic tuning zoos),
-    while the spectrum-based default can move either way under a rank-8 spike.
+    while the spectrum-based default can move either way under a rank-8 spike. The edge
+    abstains (0: the family's witness decides) when the change is within chance: a step d
+    of RMS ``step`` (the edge's distance) in a random direction moves the norm by
+
+        ||W + d|| - ||W|| ~ <W / ||W||, d> ~ N(0, RMS(d)^2),
+
+    so ``|norm[a] - norm[b]| < step`` is no evidence of growth either way.
     """
     out = np.where(norm[a] < norm[b], 1, np.where(norm[a] > norm[b], -1, 0))
-    return np.where(merged & np.isfinite(norm[a]) & np.isfinite(norm[b]), out, 0)
+    telling = np.abs(norm[a] - norm[b]) >= step
+    return np.where(merged & telling & np.isfinite(norm[a]) & np.isfinite(norm[b]), out, 0)
 
 
 def reroot(parent: np.ndarray, values: np.ndarray, sign: int, fixed: Callable | None = None) -> np.ndarray:

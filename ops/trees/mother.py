@@ -493,8 +493,13 @@ def _pricing(options: MotherOptions, direction: FamilyDirection) -> MotherOption
 
 
 def _adapter_edges(a: np.ndarray, b: np.ndarray, x: np.ndarray, sizes, norm: np.ndarray) -> np.ndarray:
-    """Tree edges (a, b) that merge an adapter, oriented by the norm; 0 for the others (``direction.adapter_fixed``)."""
-    return adapter_fixed(a, b, merged_adapter_edges(x, a, b, sizes), norm)
+    """Tree edges (a, b) that merge an adapter, oriented by the norm; 0 for the others (``direction.adapter_fixed``).
+
+    An edge's RMS step is its distance: ``families.distance_vector`` makes ``||x_a - x_b||``
+    the RMS over the layers' entries (for layers of equal size, as a block's attention matrices are).
+    """
+    step = np.linalg.norm(x[a].astype(np.float64) - x[b], axis=1)
+    return adapter_fixed(a, b, merged_adapter_edges(x, a, b, sizes), norm, step)
 
 
 def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float, fixed=None) -> FamilyTree:
