@@ -9,6 +9,8 @@ from hubtree.ops.trees.direction import (
     reroot,
     shape_direction,
     shape_score,
+    time_fit,
+    times_tell,
 )
 from hubtree.ops.trees.priors import DirectionRule
 
@@ -96,3 +98,15 @@ def test_a_merge_that_moves_the_norm_by_less_than_a_random_step_would_does_not_v
     grown = np.array([norms[0], np.linalg.norm(w + d + 0.003 * w / np.linalg.norm(w) * np.sqrt(w.size))])
     assert adapter_fixed(np.array([0]), np.array([1]), merged, grown, step).tolist() == [1]
     assert adapter_fixed(np.array([1]), np.array([0]), merged, grown, step).tolist() == [-1]
+
+
+def test_times_of_making_leave_one_root_per_tree_and_times_in_random_order_leave_many():
+    made = DEPTH + np.arange(7) / 100  # each member after its parent
+    assert time_fit(A, B, made).extra_roots == 0
+    leaves = 4  # reversed, every leaf looks older than all its neighbours
+    assert time_fit(A, B, -made).extra_roots == leaves - 1
+    chance = 1 / 4 + 1 / 4 + 1 / 3 + 4 / 2 - 1  # sum of 1/(degree + 1), one tree
+    assert np.isclose(time_fit(A, B, made).by_chance, chance)
+    tied = np.full(7, 5.0)  # one clock for every file: no order at all
+    assert time_fit(A, B, tied).by_chance == 0 and times_tell([time_fit(A, B, tied)])
+    assert times_tell([time_fit(A, B, made)]) and not times_tell([time_fit(A, B, -made)] * 3)

@@ -227,6 +227,36 @@ def test_a_family_whose_shape_does_not_tell_takes_the_rule_other_families_shapes
     assert [found[f"b/m{i}"] for i in range(1, 4)] == ["b/m0", "b/m1", "b/m2"]
 
 
+def test_upload_times_that_do_not_order_the_trees_are_ignored():
+    # four branching families whose norm grows along edges; a mirror's times in random
+    # order, or one clock for every file, must give the tree that no times give
+    trees_x = [random_tree(10, seed=s) for s in range(4)]
+    x = np.vstack([t[0] for t in trees_x])
+    depth = np.concatenate([_depths(parent) for _, parent in trees_x])
+    names = [f"f{f}/m{i}" for f in range(4) for i in range(10)]
+    made = np.concatenate([np.arange(10.0) for _ in range(4)])  # random_tree's parents come first
+    models = replace(models_of(x, times=made, names=names), signature=[f"s{f}" for f in range(4) for _ in range(10)],
+                     norm=1 + 0.01 * depth)  # fmt: skip
+    untimed = parents_of(recover_trees(replace(models, created_at=np.full(40, np.nan))).edges)
+    shuffled = np.random.default_rng(0).permutation(made)
+    for times in (shuffled, np.full(40, 1.7e9), 1.7e9 + np.argsort(names) * 1e-3):
+        trees = recover_trees(replace(models, created_at=times))
+        assert parents_of(trees.edges) == untimed
+    ignored = recover_trees(replace(models, created_at=shuffled))
+    assert all("upload times ignored" in f.why for f in ignored.families)
+    timed = recover_trees(models)
+    assert all(f.rule.source == "upload times" for f in timed.families)
+    truth = {names[10 * f + i]: (names[10 * f + p] if p >= 0 else None) for f, (_, parent) in enumerate(trees_x) for i, p in enumerate(parent)}
+    assert parents_of(timed.edges) == truth
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    depth = np.zeros(len(parent))
+    for i in range(1, len(parent)):
+        depth[i] = depth[parent[i]] + 1
+    return depth
+
+
 def test_sparse_candidates_give_the_dense_tree():
     for seed in range(3):
         x, truth = random_tree(60, seed)

@@ -8,7 +8,8 @@ decay is weak: ``||W + d||^2 ~ ||W||^2 + ||d||^2`` for a near-orthogonal Adam st
 decay on a well-trained model shrinks it instead). Which witness holds, and with which
 sign, depends on the regime, so a family's evidence decides, strongest first:
 
-1. its declared edges, and pairs whose upload times are both known (``priors.choose_direction``);
+1. its declared edges, and pairs whose upload times are both known (``priors.choose_direction``),
+   where the hub's times order its trees at all (``times_tell``);
 2. the shape of its tree. Orient the undirected minimum spanning tree away from a root:
    a witness that is monotone along lineages agrees with every edge for the true root,
    while its opposite sign can agree with at most one edge per branch point, because
@@ -33,11 +34,11 @@ other sign, and is halved when the other witness, on its own, points the other w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 
 from hubtree.ops.trees.families import knn
 from hubtree.ops.trees.priors import PAPER_RULE, WITNESSES, DirectionRule, Votes, choose_direction, direction_votes
@@ -114,10 +115,50 @@ def shape_score(
 
 
 @dataclass(frozen=True)
+class TimeFit:
+    """How far a family's upload times fit its tree (``time_fit``); sums over families compare alike."""
+
+    extra_roots: float = 0.0  # members older than all their tree neighbours, beyond one per tree
+    by_chance: float = 0.0  # the same, expected of times in random order
+
+
+@dataclass(frozen=True)
 class FamilyDirection:
     rule: DirectionRule
     confidence: float  # in [0, 1]
     why: str  # one line for families.direction_rule
+    times: TimeFit = TimeFit()
+
+
+def time_fit(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> TimeFit:
+    """Members older than all their neighbours in the tree (a, b), beyond one per tree, against chance.
+
+    Upload times that record the order of making put every member but the root after
+    exactly one neighbour, its parent: one such local minimum per tree (a few more where
+    the tree joins siblings). Times in random order make a member with d neighbours the
+    oldest of them with probability 1/(d + 1), so chance expects
+
+        sum_v 1 / (d_v + 1) - (number of trees)
+
+    extra roots. Edges whose ends are untimed or tied carry no order and are left out.
+    """
+    ok = np.isfinite(t[a]) & np.isfinite(t[b]) & (t[a] != t[b])
+    a, b, n = a[ok], b[ok], len(t)
+    if len(a) == 0:
+        return TimeFit()
+    degree = np.bincount(np.r_[a, b], minlength=n)
+    newer = np.where(t[a] < t[b], b, a)
+    after_one = np.bincount(newer, minlength=n) > 0
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    trees = len(np.unique(label[degree > 0]))
+    roots = int(np.sum((degree > 0) & ~after_one))
+    return TimeFit(float(roots - trees), float(np.sum(1.0 / (degree[degree > 0] + 1)) - trees))
+
+
+def times_tell(fits: Sequence[TimeFit]) -> bool:
+    """Whether upload times order the hub's trees: their extra roots, summed over families, sit
+    nearer none (times of making) than chance (a mirror's re-uploads, an emulator's clock)."""
+    return sum(f.extra_roots for f in fits) <= 0.5 * sum(f.by_chance for f in fits)
 
 
 def shape_direction(
@@ -186,14 +227,15 @@ def family_direction(
         right0, n0 = votes.get(key, (0, 0))
         votes[key] = (right0 + right, n0 + n)
     rule = choose_direction(votes, "declared", prior=lake)
+    fit = time_fit(a, b, t)
     if rule is not None:
         n_declared, n_timed = max((n for _, n in declared.values()), default=0), int(timed.sum())
         source = "declared" if not n_timed else "upload times" if not n_declared else "declared and upload times"
         why = f"{source}: agrees with {rule.agreement:.0%} of {rule.n_evidence} edges"
-        return FamilyDirection(DirectionRule(source, rule.witness, rule.sign, rule.agreement, rule.n_evidence), 2 * rule.agreement - 1, why)
+        return FamilyDirection(DirectionRule(source, rule.witness, rule.sign, rule.agreement, rule.n_evidence), 2 * rule.agreement - 1, why, fit)
     shape = shape_direction(a, b, witnesses, default_rule)
     if shape is not None:
-        return shape
+        return replace(shape, times=fit)
     fallback = lake_rule or default_rule
     if not np.isfinite(witnesses[fallback.witness]).any():
         fallback = PAPER_RULE
@@ -203,7 +245,8 @@ def family_direction(
     )
     notes = ", ".join(f"{w} {v:.0%}" for w, v in agree.items())
     confidence = 0.5 * float(np.mean(list(agree.values()))) if agree else 0.25
-    return FamilyDirection(fallback, confidence, f"{origin}; tree shape does not tell" + (f"; other witnesses agree: {notes}" if notes else ""))
+    why = f"{origin}; tree shape does not tell" + (f"; other witnesses agree: {notes}" if notes else "")
+    return FamilyDirection(fallback, confidence, why, fit)
 
 
 EXPECTED_SIGN = {"kurtosis": +1, "norm": -1, "rank": -1}  # the published rules: kurtosis falls, norm and rank grow

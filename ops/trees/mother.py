@@ -33,7 +33,15 @@ from functools import partial
 
 import numpy as np
 
-from hubtree.ops.trees.direction import PRETRAINED_RULE, FamilyDirection, adapter_fixed, family_direction, merged_adapter_edges, reroot
+from hubtree.ops.trees.direction import (
+    PRETRAINED_RULE,
+    FamilyDirection,
+    adapter_fixed,
+    family_direction,
+    merged_adapter_edges,
+    reroot,
+    times_tell,
+)
 from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
 from hubtree.ops.trees.priors import (
     PAPER_RULE,
@@ -412,6 +420,8 @@ def recover_trees(
     unique = np.nonzero(rep == np.arange(len(rep)))[0]
     members_of = _group(family[unique], unique)
     rules = _direction_rules(models, parents, index, rep, family, witnesses, members_of, default_rule, k)
+    if not times_tell([r.times for r in rules]):
+        models, rules = _untimed(models, rules, lambda m: _direction_rules(m, parents, index, rep, family, witnesses, members_of, default_rule, k))
     ghosts_of = _placeholders(graph, parents, index, family)
     options = MotherOptions(k, lam, beta, rounds, drift)
     edges, reports = [], []
@@ -463,6 +473,14 @@ def _direction_rules(
             if rules[f].rule.source == "default" or "the default decided" in rules[f].why:
                 rules[f] = direction(f, members, prior)
     return [rules[f] for f in sorted(rules)]
+
+
+def _untimed(models: Models, rules: Sequence[FamilyDirection], direction_rules) -> tuple[Models, list[FamilyDirection]]:
+    """``models`` without upload times and the families' rules made again without them (``direction.times_tell``)."""
+    extra, chance = sum(r.times.extra_roots for r in rules), sum(r.times.by_chance for r in rules)
+    untimed = replace(models, created_at=np.full(len(models.ids), np.nan))
+    note = f"; upload times ignored: {extra:.0f} members older than all their tree neighbours beyond one per tree, chance {chance:.1f}"
+    return untimed, [replace(r, why=r.why + note) for r in direction_rules(untimed)]
 
 
 def _shape_consensus(directions: Sequence[FamilyDirection]) -> DirectionRule | None:
