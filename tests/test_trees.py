@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hubtree.ops.hub.declared import edges_from_card, edges_from_tags, parse_card
-from hubtree.ops.trees.families import cluster_block
+from hubtree.ops.trees.families import cluster_block, shared_layer_groups
 from hubtree.ops.trees.mother import (
     Family,
     Models,
@@ -267,6 +267,27 @@ def test_sparse_candidates_give_the_dense_tree():
         sparse, dense = mother_tree(family, MotherOptions(k=8)), mother_tree(family, MotherOptions(k=59))
         np.testing.assert_array_equal(sparse.parent, dense.parent)
         assert np.mean(sparse.parent[1:] == truth[1:]) >= 0.9
+
+
+def test_an_adapter_merged_onto_an_adapter_hangs_from_the_model_whose_untouched_layers_it_keeps():
+    # two layers of 48 entries: a base, a full fine-tune of it (both layers move), a LoRA
+    # merge of the base (layer 0 only) and a larger LoRA merge on top of that one, whose
+    # update leans towards the full fine-tune: by distance alone it is nearest that one
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, 96)
+    tuned, lora = base.copy(), base.copy()
+    tuned += np.r_[rng.normal(0, 0.15, 48), rng.normal(0, 0.01, 48)]
+    lora[:48] += rng.normal(0, 0.1, 48)
+    lora2 = lora.copy()
+    lora2[:48] += rng.normal(0, 0.02, 48) + 0.9 * (tuned[:48] - base[:48])
+    x = np.stack([base, tuned, lora, lora2]).astype(np.float32)
+    assert np.linalg.norm(x[3] - x[1]) < np.linalg.norm(x[3] - x[2])
+    groups = shared_layer_groups(x, [48, 48])
+    assert groups[0] == groups[2] == groups[3] >= 0 and groups[1] == -1
+    depth = -np.array([0.0, 1, 1, 2])
+    family = Family(x, depth, np.full(4, np.nan), np.ones(4, bool), np.ones(4, bool), groups=groups)
+    assert mother_tree(family).parent.tolist() == [-1, 0, 0, 2]
+    assert mother_tree(family, MotherOptions(enter=0.0)).parent[3] == 1  # without the group's price
 
 
 def test_forced_and_rooted_members_keep_their_declared_place():

@@ -65,6 +65,36 @@ def distance_vector(parts: Sequence[np.ndarray], numels: Sequence[int]) -> np.nd
     return np.concatenate([np.asarray(p, dtype=np.float32).ravel() * s for p, s in zip(parts, scale)])
 
 
+def shared_layer_groups(x: np.ndarray, sizes: Sequence[int] | None) -> np.ndarray:
+    """Per member, its group of members that share some layer bit-for-bit (linked through any
+    such pair), or -1 where it shares none.
+
+    An adapter leaves the layers it does not target untouched (LoRA on query and value: key
+    and output), and so does a fine-tune with frozen layers: every model made that way from
+    F carries F's bytes there, and so do its own adapters. Equal layers give equal parts of
+    the distance vectors (``sizes`` their lengths), exact or sketched alike; members equal in
+    every layer are duplicates, merged before this.
+    """
+    n = len(x)
+    groups = np.full(n, -1)
+    if sizes is None or len(sizes) < 2 or n < 2:
+        return groups
+    a, b = [], []
+    for part in np.split(x, np.cumsum(sizes)[:-1], axis=1):
+        rows = np.ascontiguousarray(part).view(np.dtype((np.void, part.dtype.itemsize * part.shape[1])))[:, 0]
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        same = first[inverse] != np.arange(n)  # equal to an earlier row in this layer
+        a.append(first[inverse][same])
+        b.append(np.nonzero(same)[0])
+    a, b = np.concatenate(a), np.concatenate(b)
+    if len(a) == 0:
+        return groups
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    shares = np.bincount(np.r_[a, b], minlength=n) > 0
+    groups[shares] = label[shares]
+    return groups
+
+
 def knn(
     base: np.ndarray, k: int, queries: np.ndarray | None = None, allowed: Callable[[np.ndarray], np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ from hubtree.ops.trees.direction import (
     reroot,
     times_tell,
 )
-from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances
+from hubtree.ops.trees.families import Clustering, cluster_block, cut_height, knn, pair_distances, shared_layer_groups
 from hubtree.ops.trees.priors import (
     PAPER_RULE,
     DeclaredGraph,
@@ -156,6 +156,7 @@ class MotherOptions:
     beta: float = 0.5  # the price of an edge turning back towards its parent's parent, in typical steps
     rounds: int = 3  # at most this many trees; it stops early once the tree repeats
     drift: bool = True  # later rounds remove the family's mean fine-tuning step (False: MoTHer's distances)
+    enter: float = 1.0  # the price of an edge into a group of members sharing layers from outside it, in typical steps
 
 
 @dataclass
@@ -176,6 +177,8 @@ class Family:
         placeholders: members without weights (missing declared parents), placed at their
             children's mean: given, then re-placed at the mean of their children in each
             tree, and seen from each of those children as the mean of the others.
+        groups: per member, its group of members sharing some layer bit-for-bit, -1 for
+            none (``families.shared_layer_groups``).
     """
 
     x: np.ndarray
@@ -186,9 +189,12 @@ class Family:
     declared_parent: np.ndarray | None = None
     declared_elsewhere: np.ndarray | None = None
     placeholders: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m = len(self.x)
+        if self.groups is None:
+            self.groups = np.full(m, -1)
         if self.declared_parent is None:
             self.declared_parent = np.full(m, -1, dtype=np.int64)
         if self.declared_elsewhere is None:
@@ -214,7 +220,7 @@ class FamilyTree:
 def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> FamilyTree:
     """The tree of one family: the min arborescence of, per candidate edge p -> c,
 
-        M[p, c] = ||x_c - delta - x_p|| + s * (lam * T[p, c] + beta * cos angle(parent(p), p, c)).
+        M[p, c] = ||x_c - delta - x_p|| + s * (lam * T[p, c] + beta * cos angle(parent(p), p, c) + enter * E[p, c]).
 
     The first round is MoTHer (delta = 0, no angle term). Each later round takes the
     previous round's tree and (1) removes the family's mean fine-tuning step ``delta``
@@ -223,7 +229,8 @@ def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> Fam
     the turn an edge makes at p: a fine-tune moves on from its parent, so the path
     parent(p) -> p -> c runs straight or bends (cos <= 0), while a sibling posing as a
     parent sits back towards the common parent (cos > 0). ``s`` is the mean candidate cost
-    (MoTHer's mean(D)); T[p, c] = 1 when c looks more senior than p. A member's declared
+    (MoTHer's mean(D)); T[p, c] = 1 when c looks more senior than p; E[p, c] = 1 when the edge
+    enters a group of members sharing layers from outside (``_enters``). A member's declared
     parent inside the family is its parent at no cost; members declared elsewhere are roots.
     It stops after ``options.rounds`` trees, or once the tree repeats.
     """
@@ -238,7 +245,7 @@ def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> Fam
         if len(p) == 0:
             return FamilyTree(np.full(m, -1), np.full(m, np.nan), np.full(m, np.nan))
         s = _typical_step(c, d, m)
-        cost = d + opt.lam * s * (fam.seniority[c] > fam.seniority[p])
+        cost = d + opt.lam * s * (fam.seniority[c] > fam.seniority[p]) + opt.enter * s * _enters(fam, p, c)
         if parent is not None:
             cost += opt.beta * s * _cos_angle(x, np.where(parent[p] >= 0, parent[p], p), p, c)
         cost[fam.declared_parent[c] == p] = 0.0
@@ -251,6 +258,19 @@ def mother_tree(family: Family, options: MotherOptions = MotherOptions()) -> Fam
         drift = _mean_step(x, parent, fam.steps) if opt.drift else drift
     distance = np.where(edge >= 0, d[np.maximum(edge, 0)], np.nan)
     return FamilyTree(parent, _margins(m, c, cost, edge, fam.free, s), distance)
+
+
+def _enters(fam: Family, p: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Whether the edge p -> c enters c's group of members sharing layers from outside it.
+
+    Such a group is one subtree of the true tree: its members descend, by adapters or
+    frozen layers, from the one member whose bytes they keep, so the tree enters it once.
+    A member made by an adapter is about as far from its parent as from any model near
+    it, because the adapter's own update dominates; paying per entry hangs it inside.
+    A placeholder (a missing parent) may be the group's maker: entering from it is free.
+    """
+    g = fam.groups
+    return (g[c] >= 0) & (g[p] != g[c]) & ~fam.placeholders[p]
 
 
 def _leave_one_out(
@@ -616,6 +636,7 @@ def _family_input(models, members, rule, witnesses, ghosts, parents, rep, index)
         np.concatenate([~models.quantized[members], np.ones(len(ghosts), dtype=bool)]),
         np.concatenate([~models.quantized[members], np.zeros(len(ghosts), dtype=bool)]),
         declared_parent, elsewhere, np.arange(len(ids)) >= len(members),
+        np.concatenate([shared_layer_groups(x[: len(members)], models.layer_sizes.get(models.signature[members[0]])), np.full(len(ghosts), -1)]),
     )  # fmt: skip
     return _FamilyInput(ids, np.concatenate([models.kurtosis[members], pad]), family)
 
