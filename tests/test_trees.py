@@ -225,6 +225,8 @@ def test_a_family_whose_shape_does_not_tell_takes_the_rule_other_families_shapes
     assert chain.rule.source == "shapes" and "tree shapes of other families" in chain.why
     found = parents_of(trees.edges)
     assert [found[f"b/m{i}"] for i in range(1, 4)] == ["b/m0", "b/m1", "b/m2"]
+    # an edge is no surer than the direction its family's rule gave it
+    assert all(e.confidence <= chain.confidence for e in trees.edges if e.source == "weights" and e.child.startswith("b/"))
 
 
 def test_upload_times_that_do_not_order_the_trees_are_ignored():

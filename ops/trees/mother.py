@@ -543,14 +543,16 @@ def _adapter_edges(a: np.ndarray, b: np.ndarray, x: np.ndarray, sizes, norm: np.
 def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float, fixed=None) -> FamilyTree:
     """The tree re-oriented from the root its rule's witness agrees with most (``direction.reroot``).
 
-    Flipped edges keep the distance of the pair and take the family's direction confidence.
+    Flipped edges keep the distance of the pair and take the family's direction confidence;
+    the others keep their margin, capped at it: an edge is right only if its direction is,
+    and the direction of a rerooted family is no surer than its rule.
     """
     parent = reroot(tree.parent, values, sign, fixed)
     same = parent == tree.parent
     has = parent >= 0
     distance = np.where(same, tree.distance, np.nan)
     distance[has & ~same] = np.linalg.norm(x[has & ~same] - x[parent[has & ~same]], axis=1)
-    return FamilyTree(parent, np.where(same, tree.confidence, np.where(has, confidence, np.nan)), distance)
+    return FamilyTree(parent, np.where(same, np.minimum(tree.confidence, confidence), np.where(has, confidence, np.nan)), distance)
 
 
 def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
