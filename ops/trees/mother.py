@@ -418,6 +418,7 @@ def recover_trees(
     all_pairs_max: int = 2000,
     default_rule: DirectionRule = PRETRAINED_RULE,
     drift: bool = True,
+    enter: float = 1.0,
 ) -> Trees:
     """Every model's family and parent: declared edges as given, weights and priors for the rest.
 
@@ -429,7 +430,7 @@ def recover_trees(
     Args:
         models: every repo with weights (see ``Models``).
         declared: the lake's ``declared_edges`` rows, as they are (cleaned here).
-        k, lam, beta, rounds, drift: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
+        k, lam, beta, rounds, drift, enter: ``MotherOptions``; all_pairs_max: ``families.cluster_block``'s.
         default_rule: the direction rule when no declared edge joins two models of a family.
     """
     graph = declared_graph(declared, known=models.ids, created_at=dict(zip(models.ids, models.created_at.tolist())))
@@ -443,7 +444,7 @@ def recover_trees(
     if not times_tell([r.times for r in rules]):
         models, rules = _untimed(models, rules, lambda m: _direction_rules(m, parents, index, rep, family, witnesses, members_of, default_rule, k))
     ghosts_of = _placeholders(graph, parents, index, family)
-    options = MotherOptions(k, lam, beta, rounds, drift)
+    options = MotherOptions(k, lam, beta, rounds, drift, enter)
     edges, reports = [], []
     for f, direction in enumerate(rules):
         members, rule = members_of[f], direction.rule
