@@ -57,12 +57,19 @@ def test_reroot_moves_the_root_to_where_the_witness_agrees():
     assert DirectionRule("default", "rank", -1) == PRETRAINED_RULE
 
 
-def test_when_two_witnesses_fit_from_different_roots_the_default_decides():
+def test_when_two_witnesses_fit_from_different_roots_the_larger_margin_wins_and_a_tie_goes_to_the_default():
     from_4 = np.array([2, 1, 3, 3, 0, 2, 4], dtype=float)
     witnesses = {"rank": DEPTH, "kurtosis": -from_4, "norm": np.full(7, np.nan)}
-    got = shape_direction(A, B, witnesses, PRETRAINED_RULE)
+    for default in (PRETRAINED_RULE, DirectionRule("default", "kurtosis", +1)):
+        got = shape_direction(A, B, witnesses, default)  # rank's reverse fits less of the tree than kurtosis's
+        assert (got.rule.witness, got.rule.sign) == ("rank", -1) and "conflict" in got.why and got.confidence <= 0.5
+    # 0 -> 1, 2, 3; 1 -> 4, 5; 2 -> 6, 7: rooted at 1 or at 2, the tree looks the same
+    a, b = np.array([0, 0, 0, 1, 1, 2, 2]), np.array([1, 2, 3, 4, 5, 6, 7])
+    from_1, from_2 = np.array([1, 0, 2, 2, 1, 1, 3, 3.0]), np.array([1, 2, 0, 2, 3, 3, 1, 1.0])
+    tie = {"rank": from_1, "kurtosis": -from_2, "norm": np.full(8, np.nan)}
+    got = shape_direction(a, b, tie, PRETRAINED_RULE)
     assert (got.rule.witness, got.rule.sign) == ("rank", -1) and "the default decided" in got.why
-    other = shape_direction(A, B, witnesses, DirectionRule("default", "kurtosis", +1))
+    other = shape_direction(a, b, tie, DirectionRule("default", "kurtosis", +1))
     assert (other.rule.witness, other.rule.sign) == ("kurtosis", +1)
     assert got.confidence <= 0.5 and other.confidence <= 0.5
 

@@ -15,8 +15,8 @@ sign, depends on the regime, so a family's evidence decides, strongest first:
    while its opposite sign can agree with at most one edge per branch point, because
    edges cannot all point *into* a node with two neighbours. So each (witness, sign) is
    scored by the agreement of its best root, and a family with branches identifies its
-   own rule, whatever the generator. When two witnesses fit it from different roots the
-   shape cannot tell them apart, and the default decides between them;
+   own rule, whatever the generator. When two witnesses fit it from different roots, the
+   one that beats its own reverse by more wins (on a tie, the default);
 3. with neither (a chain, a pair), the rule other families' shapes told without conflict
    (``mother.recover_trees``: models of one hub tend to be made alike), else the default:
    entropy effective rank grows. A dense
@@ -166,11 +166,16 @@ def shape_direction(
 ) -> FamilyDirection | None:
     """The family's rule from its tree's shape (step 2 of the module docstring), or None when it does not tell.
 
-    A rule fits the tree when its best root beats the other sign's by ``MIN_SHAPE_MARGIN``.
-    Two fitting rules that root the tree at different members are a conflict: the shape
-    cannot say which witness is monotone (on a small tree with few branch points a wrong
-    witness can fit every edge), so the default decides between them when it is one of
-    them; the confidence is halved either way.
+    A rule fits the tree when its best root beats the other sign's by ``MIN_SHAPE_MARGIN``:
+
+        margin(w, s) = agree(w, s) / usable(w) - agree(w, -s) / usable(w).
+
+    The rule of the largest margin wins: a monotone witness fits from its root and its
+    reverse cannot fit the branch points, while a witness that moves at random fits both
+    signs about as well (on a small tree with few branch points a wrong witness can fit
+    every edge, but so, nearly, does its reverse). Two fitting rules that root the tree at
+    different members are a conflict: the confidence is halved, and on a tie in margin the
+    default decides between them when it is one of them.
     """
     scores = [shape_score(a, b, witnesses[w], s, w) for w in WITNESSES for s in (+1, -1)]
     scores = [sc for sc in scores if sc.usable > 0]
@@ -181,13 +186,13 @@ def shape_direction(
     def margin(sc: ShapeScore) -> float:
         return frac[sc.witness, sc.sign] - frac.get((sc.witness, -sc.sign), 0.0)
 
-    best = max(scores, key=lambda sc: (frac[sc.witness, sc.sign], sc.usable))
+    best = max(scores, key=lambda sc: (margin(sc), frac[sc.witness, sc.sign], sc.usable))
     if margin(best) < MIN_SHAPE_MARGIN:
         return None
     fits = [sc for sc in scores if margin(sc) >= MIN_SHAPE_MARGIN]
     rivals = [sc for sc in fits if sc.witness != best.witness and sc.root != best.root]
     default = next((sc for sc in fits if (sc.witness, sc.sign) == (default_rule.witness, default_rule.sign)), None)
-    if rivals and default is not None and default is not best:
+    if rivals and default is not None and default is not best and np.isclose(margin(default), margin(best)):
         rivals, best = [best], default
     confidence = min(1.0, margin(best)) * (0.5 if rivals else 1.0)
     rule = DirectionRule("shape", best.witness, best.sign, frac[best.witness, best.sign], best.usable)
