@@ -8,6 +8,7 @@ from hubtree.ops.trees.direction import (
     merged_adapter_edges,
     reroot,
     shape_direction,
+    TimeFit,
     shape_score,
     time_fit,
     times_tell,
@@ -117,3 +118,5 @@ def test_times_of_making_leave_one_root_per_tree_and_times_in_random_order_leave
     tied = np.full(7, 5.0)  # one clock for every file: no order at all
     assert time_fit(A, B, tied).by_chance == 0 and times_tell([time_fit(A, B, tied)])
     assert times_tell([time_fit(A, B, made)]) and not times_tell([time_fit(A, B, -made)] * 3)
+    # a big hub whose trees join siblings: far from none, but far below chance too
+    assert times_tell([TimeFit(1800.0, 3500.0, 800.0)]) and not times_tell([TimeFit(3450.0, 3500.0, 800.0)])
