@@ -40,7 +40,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 
-from hubtree.ops.trees.families import knn
+from hubtree.ops.trees.families import knn, layer_slices
 from hubtree.ops.trees.priors import PAPER_RULE, WITNESSES, DirectionRule, Votes, choose_direction, direction_votes
 
 # Without declared edges or a telling tree shape: fine-tuning a pretrained model raises the
@@ -129,6 +129,7 @@ class FamilyDirection:
     confidence: float  # in [0, 1]
     why: str  # one line for families.direction_rule
     times: TimeFit = TimeFit()
+    conflict: str = ""  # shape rules: "rival" (another witness fits from another root), "default" (a tie the default decided)
 
 
 def time_fit(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> TimeFit:
@@ -208,11 +209,12 @@ def shape_direction(
     confidence = min(1.0, margin(best)) * (0.5 if rivals else 1.0)
     rule = DirectionRule("shape", best.witness, best.sign, frac[best.witness, best.sign], best.usable)
     why = f"tree shape: best root agrees on {frac[best.witness, best.sign]:.0%} of {best.usable} edges, the other sign on {frac.get((best.witness, -best.sign), 0.0):.0%}"
+    conflict = "" if not rivals else "default" if best is default else "rival"
     if rivals:
         rival = rivals[0]
         why += f"; conflict: {rival.witness} ({'+' if rival.sign > 0 else '-'}) fits it best from another root"
-        why += ", the default decided" if best is default else ""
-    return FamilyDirection(rule, confidence, why)
+        why += ", the default decided" if conflict == "default" else ""
+    return FamilyDirection(rule, confidence, why, conflict=conflict)
 
 
 def family_direction(
@@ -304,8 +306,8 @@ def merged_adapter_edges(x: np.ndarray, a: np.ndarray, b: np.ndarray, sizes: Seq
     """
     if sizes is None or len(sizes) < 2 or len(a) == 0:
         return np.zeros(len(a), dtype=bool)
-    cuts = np.cumsum(sizes)[:-1]
-    changed = np.stack([np.any(part != 0, axis=1) for part in np.split(x[a] != x[b], cuts, axis=1)], axis=1)
+    differs = x[a] != x[b]
+    changed = np.stack([differs[:, sl].any(axis=1) for sl in layer_slices(x.shape[1], sizes)], axis=1)
     return changed.any(axis=1) & ~changed.all(axis=1)
 
 

@@ -79,20 +79,28 @@ def shared_layer_groups(x: np.ndarray, sizes: Sequence[int] | None) -> np.ndarra
     groups = np.full(n, -1)
     if sizes is None or len(sizes) < 2 or n < 2:
         return groups
-    a, b = [], []
-    for part in np.split(x, np.cumsum(sizes)[:-1], axis=1):
-        rows = np.ascontiguousarray(part).view(np.dtype((np.void, part.dtype.itemsize * part.shape[1])))[:, 0]
-        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-        same = first[inverse] != np.arange(n)  # equal to an earlier row in this layer
-        a.append(first[inverse][same])
-        b.append(np.nonzero(same)[0])
-    a, b = np.concatenate(a), np.concatenate(b)
+    a, b = _equal_layer_pairs(x, layer_slices(x.shape[1], sizes))
     if len(a) == 0:
         return groups
     _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
     shares = np.bincount(np.r_[a, b], minlength=n) > 0
     groups[shares] = label[shares]
     return groups
+
+
+def _equal_layer_pairs(x: np.ndarray, slices: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b), a < b, of rows whose part ``sl`` is equal bit for bit, for each layer's slice:
+    each row with the first row equal to it there. Hashing costs O(n L) where a
+    nearest-neighbour search per layer would cost O(n^2 L)."""
+    a, b = [], []
+    for sl in slices:
+        part = np.ascontiguousarray(x[:, sl])
+        rows = part.view(np.dtype((np.void, part.dtype.itemsize * part.shape[1])))[:, 0]
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        same = first[inverse] != np.arange(len(x))  # equal to an earlier row in this layer
+        a.append(first[inverse][same])
+        b.append(np.nonzero(same)[0])
+    return np.concatenate(a), np.concatenate(b)
 
 
 def knn(
@@ -220,8 +228,9 @@ def cluster_block(
     can move farther than an unrelated model is: on the tuning zoo of seed 0, Ward with
     this same cut left six LoRA merges of one base as six families and split a fine-tune
     family in three. Kinship is not Euclidean, so the linkage is single: the families
-    are the components of the minimum spanning tree less its edges above the cut. Up to ``all_pairs_max`` rows it sees every pair; beyond, each row's
-    ``k`` nearest neighbours and the rows that share a layer exactly, so memory stays O(n k).
+    are the components of the minimum spanning tree less its edges above the cut. Up to
+    ``all_pairs_max`` rows it sees every pair; beyond, each row's ``k`` nearest neighbours
+    and the rows that share a layer exactly, so memory stays O(n k).
     """
     n = len(x)
     slices = layer_slices(x.shape[1], sizes)
@@ -261,18 +270,12 @@ def _candidate_pairs(x: np.ndarray, slices: Sequence[slice], k: int) -> tuple[np
     """Unique pairs (a < b): each row's k nearest neighbours, and rows sharing a layer bit for bit.
 
     The second kind finds LoRA merges of one base, whose untouched layers are the base's
-    own bytes even when their adapted layers put them far apart; hashing costs O(n L)
-    where a nearest-neighbour search per layer would cost O(n^2 L).
+    own bytes even when their adapted layers put them far apart (``_equal_layer_pairs``).
     """
     idx, _ = knn(x, k)
     rows = np.repeat(np.arange(len(x)), idx.shape[1]).reshape(idx.shape)
     has = idx >= 0
-    found = [np.stack([rows[has], idx[has]], axis=1)]
-    for sl in slices:
-        groups: dict[bytes, list[int]] = {}
-        for i, part in enumerate(x[:, sl]):
-            groups.setdefault(part.tobytes(), []).append(i)
-        found += [np.stack([g[:-1], g[1:]], axis=1) for g in groups.values() if len(g) > 1]
+    found = [np.stack([rows[has], idx[has]], axis=1), np.stack(_equal_layer_pairs(x, slices), axis=1)]
     pairs = np.sort(np.concatenate(found), axis=1)
     pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     return pairs[:, 0], pairs[:, 1]

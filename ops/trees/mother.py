@@ -492,7 +492,7 @@ def _direction_rules(
     prior = None if lake_rule else _shape_consensus(list(rules.values()))
     if prior is not None:
         for f, members in members_of.items():
-            if rules[f].rule.source == "default" or "the default decided" in rules[f].why:
+            if rules[f].rule.source == "default" or rules[f].conflict == "default":
                 rules[f] = direction(f, members, prior)
     return [rules[f] for f in sorted(rules)]
 
@@ -515,7 +515,7 @@ def _shape_consensus(directions: Sequence[FamilyDirection]) -> DirectionRule | N
     """
     votes = Counter()
     for d in directions:
-        if d.rule.source == "shape" and "conflict" not in d.why:
+        if d.rule.source == "shape" and not d.conflict:
             votes[d.rule.witness, d.rule.sign] += d.confidence
     if not votes:
         return None
