@@ -37,7 +37,7 @@ import torch
 from hubtree.lake import Lake
 from hubtree.ops.weights.layer_stats import batch_layer_stats
 from hubtree.ops.weights.probes import probe_features
-from hubtree.ops.weights.probex import ProbexSettings, direction, folds
+from hubtree.ops.weights.probex import ProbexSettings, RidgeHead, direction, folds
 from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, read_header, read_tensor
 from hubtree.ops.zoo.build import load_truth
 from hubtree.ops.zoo.labelled import DATA_ORG, build_labelled_zoo, labels_csv
@@ -86,13 +86,10 @@ def logistic(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, l2: float = 1e-2)
     return torch.sigmoid(xv @ w + b).detach().numpy()
 
 
-def ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, lam: float = 1e-3) -> np.ndarray:
-    """Ridge regression onto the 0/1 labels in its dual form (n << features), centred on the training mean."""
-    mu = x.mean(0)
-    xc, xt = x - mu, x_test - mu
-    k = xc @ xc.T
-    alpha = np.linalg.solve(k + lam * np.trace(k) / len(k) * np.eye(len(k)), y - y.mean(0))
-    return xt @ xc.T @ alpha + y.mean(0)
+def ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """ProbeX's own ridge head (``RidgeHead``, dual form, centred on the training mean) on a baseline's features."""
+    head = RidgeHead.fit(torch.from_numpy(x), torch.from_numpy(y), ProbexSettings.ridge)
+    return head.scores(torch.from_numpy(x_test).float()).numpy()
 
 
 def choose_layer(features: dict[str, tuple[np.ndarray, np.ndarray]], y: np.ndarray, head, seed: int = 0) -> tuple[str, np.ndarray]:
