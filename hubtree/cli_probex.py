@@ -36,10 +36,10 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
 
     \b
     Each expert reads one layer, chosen among the candidates by cross-validation over the
-    family's labelled members (repeated over 2 splits and seeds), and is refitted on all of
-    them (2 nets, averaged). Experts, layers and the
-    labels go to LAKE/blobs/probex/<model_id>/<run_id>.npz (listed in blobs). Families with too few labelled members
-    get no expert and are listed.
+    family's labelled members (repeated over 2 splits), trains 2 ProbeX nets on it, and
+    labels models with a ridge on the nets' probe responses. Experts, layers and the labels
+    go to LAKE/blobs/probex/<model_id>/<run_id>.npz (listed in blobs). Families with too
+    few labelled members get no expert and are listed.
     """
     from hubtree.pipelines.probex import probex_fit_flow
 
