@@ -10,6 +10,7 @@ Every request is counted by bucket (API calls, resolves, CDN requests) in ``craw
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date
 
@@ -25,8 +26,8 @@ from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.hub.connect import open_hub
 from hubtree.ops.weights.safetensors_reader import TensorEntry
 from hubtree.pipelines.catalog_rows import catalog_rows
-from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
+from hubtree.pipelines.ray_runtime import WorkerPool, actor_pool, source_traffic
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
 
 
 @dataclass
@@ -63,19 +64,12 @@ class CatalogWorker:
         return catalog_repo(self.source, ref, self.known)  # never raises: one repo's data costs that repo only
 
     def traffic(self) -> dict[str, int]:
-        return _traffic(self.source)
+        return source_traffic(self.source)
 
 
-def _traffic(source) -> dict[str, int]:
-    """A source's requests by bucket (a folder sends none)."""
-    traffic = getattr(source, "traffic", None)
-    return traffic.counts() if traffic is not None else {}
-
-
-def _add_traffic(summary: CrawlSummary, counts: dict[str, int]) -> None:
-    for name in ("api_calls", "resolves", "cdn_requests"):
-        setattr(summary, name, getattr(summary, name) + counts.get(name, 0))
-    summary.requests = summary.api_calls + summary.resolves + summary.cdn_requests
+def _add_traffic(summary: CrawlSummary, counts: Mapping[str, int]) -> None:
+    for name, n in request_counts(counts).items():
+        setattr(summary, name, getattr(summary, name) + n)
 
 
 @task(cache_policy=NONE)
@@ -87,7 +81,7 @@ def list_new_repos(hub: str, lake: Lake, query: RepoQuery) -> tuple[list[RepoRef
     if lake.exists():
         done = {tuple(r.values()) for r in lake.query("SELECT repo_id, revision FROM repos_all").to_pylist()}
     todo = [ref for ref in dict.fromkeys(listed) if (ref.repo_id, ref.revision) not in done]
-    return todo, len(listed), _traffic(source)
+    return todo, len(listed), source_traffic(source)
 
 
 WEIGHTS_KINDS = ("weights", "adapter_weights")
@@ -206,8 +200,7 @@ def crawl_flow(
                         )
                         bar.update(1)
                         bar.set_postfix(fetched=f"{summary.bytes_fetched / 1e6:.1f}MB", failed=summary.repos_failed)
-            for counts in ray.get([a.traffic.remote() for a in pool.actors]):
-                _add_traffic(summary, counts)
+            _add_traffic(summary, pool.traffic())
     summary.status = run_status(summary.repos_failed, summary.repos_crawled + summary.repos_failed)
     record_run(the_lake, "crawl", summary.run_id, params, started, summary.status, asdict(summary))
     logger.info(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import ray
@@ -36,7 +36,7 @@ from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResult, RepoLoc, detune_units
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for, read_tensor
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -85,6 +85,9 @@ class LoraWorker:
     def _read(self, loc: RepoLoc, names: list[str]) -> dict[str, torch.Tensor]:
         return read_layers(self.hubs, loc, names, self.hub_override)
 
+    def traffic(self) -> dict[str, int]:
+        return self.hubs.traffic()
+
     def check(self, plan: GroupPlan) -> GroupCheck:
         return groups.check_group(plan, self._read)
 
@@ -130,6 +133,7 @@ def lora_flow(
     summary = {"run_id": run_id, "status": "completed", "groups": len(plans), "recovered": 0, "layers": 0, "low": 0, "failed": 0, "files": []}
     rows: list[dict] = []
     blobs: list[dict] = []
+    traffic: Counter = Counter()
     if plans:
         with actor_pool(lambda n: LoraWorker.options(**actor_options()).remote(hub), len(plans), ray_address) as pool:
             checks = sorted(pool.map_unordered(lambda a, p: a.check.remote(p), plans), key=lambda c: c.plan.base_repo)
@@ -138,11 +142,13 @@ def lora_flow(
             summary["low"] = sum(c.problem is not None and not c.failed for c in checks)
             summary["status"] = run_status(summary["failed"], len(checks))
             results = _detune(pool, units, progress)
+            traffic = pool.traffic()
         recovered, blobs = _recovered_rows(the_lake, run_id, checks, results, summary)
         rows += recovered
     the_lake.commit("lora", run_id, {"lora_recoveries": rows, "blobs": blobs}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
-               {"repos_crawled": summary["recovered"], "repos_skipped": summary["low"], "repos_failed": summary["failed"]})
+               {"repos_crawled": summary["recovered"], "repos_skipped": summary["low"], "repos_failed": summary["failed"],
+                "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence, %d failed", run_id,
                 summary["groups"], summary["recovered"], summary["layers"], summary["low"], summary["failed"])
     return summary

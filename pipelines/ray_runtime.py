@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,6 +77,10 @@ class WorkerPool(ActorPool):
         super().__init__(actors)
         self.actors = list(actors)
 
+    def traffic(self) -> Counter:
+        """What the actors' hub connections sent and received, summed (each actor has a ``traffic()`` method)."""
+        return sum((Counter(counts) for counts in ray.get([a.traffic.remote() for a in self.actors])), Counter())
+
 
 @contextmanager
 def actor_pool(make: Callable[[int], Any], tasks: int, ray_address: str | None = None) -> Iterator[WorkerPool]:
@@ -104,6 +109,16 @@ class HubConnections:
         if url not in self._hubs:
             self._hubs[url] = open_hub(url)  # inside Ray, its request budget is the hub's one shared budget
         return self._hubs[url]
+
+    def traffic(self) -> Counter:
+        """Requests sent by bucket and file bytes received, over every connection (``source_traffic``)."""
+        return sum((Counter(source_traffic(s)) for s in self._hubs.values()), Counter())
+
+
+def source_traffic(source: HubSource) -> dict[str, int]:
+    """A hub connection's requests by bucket (``api_calls``, ``resolves``, ``cdn_requests``) and ``bytes``; a folder sends none."""
+    traffic = getattr(source, "traffic", None)
+    return traffic.counts() if traffic is not None else {}
 
 
 def actor_device() -> torch.device:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 
@@ -43,6 +44,12 @@ def record_run(
             _ACTIVE[flow_run] = (lake, flow, run_id, params, started)
         else:
             _ACTIVE.pop(flow_run, None)
+
+
+def request_counts(traffic: Mapping[str, int]) -> dict[str, int]:
+    """``crawl_runs``' request columns from a run's traffic by bucket (see ``ray_runtime.source_traffic``)."""
+    buckets = {name: traffic.get(name, 0) for name in ("api_calls", "resolves", "cdn_requests")}
+    return {"requests": sum(buckets.values()), **buckets}
 
 
 def run_status(failed: int, total: int) -> str:

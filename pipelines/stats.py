@@ -19,7 +19,7 @@ sha256) is not read at all: its rows are its original's, once the original has t
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -41,7 +41,7 @@ from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_sampl
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
 
 STATS_TABLES = ("layer_stats", "layer_sketches", "probe_features")  # what the stage writes per tensor
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
@@ -122,6 +122,9 @@ class StatsWorker:
             finally:
                 result.bytes_read += handle.bytes_read if handle else 0
         return result
+
+    def traffic(self) -> dict[str, int]:
+        return self.hubs.traffic()
 
     def map_tensors(self, unit: ModelUnit, fn: Callable[[dict[str, torch.Tensor]], object]) -> tuple[ModelUnit, object, str | None, int]:
         """``fn`` of the unit's tensors (float32, read by range): (unit, result, error or None, bytes read).
@@ -294,6 +297,7 @@ def _read_units(units: list[ModelUnit], settings: StatsSettings, hub: str | None
                 summary["failed"] += bool(result.errors)
                 summary["bytes_fetched"] += result.bytes_read
                 bar.update(result.unit.nbytes)
+        summary["traffic"] += pool.traffic()
 
 
 @flow(name="hubtree-stats", log_prints=True, on_failure=FAILURE_HOOKS)
@@ -326,7 +330,7 @@ def stats_flow(
     units, copied = pending_units(the_lake, layers, settings)
     copied_models = {(c.repo_id, c.revision) for c in copied} - {(u.repo_id, u.revision) for u in units}
     summary = {"run_id": run_id, "status": "completed", "models": len(units) + len(copied_models), "tensors": 0, "failed": 0,
-               "bytes_fetched": 0, "copied_files": 0}
+               "bytes_fetched": 0, "copied_files": 0, "traffic": Counter()}
     logger.info("%d models have tensors without statistics, %d files copy another file", len(units), len(copied))
     read = lambda work: _read_units(work, settings, hub, ray_address, the_lake, run_id, started.date(), batch_size, progress, summary)
     read(units)
@@ -337,7 +341,9 @@ def stats_flow(
         summary["copied_files"] = len(copied) - len(missing)
         read([as_unit(c) for c in missing])
     summary["status"] = run_status(summary["failed"], summary["models"])
+    summary |= request_counts(summary.pop("traffic"))
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
-               {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], "bytes_fetched": summary["bytes_fetched"]})
+               {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"],
+                **{k: summary[k] for k in ("bytes_fetched", "requests", "api_calls", "resolves", "cdn_requests")}})
     logger.info("stats %s: %d tensors of %d models, %d models with errors", run_id, summary["tensors"], summary["models"], summary["failed"])
     return summary

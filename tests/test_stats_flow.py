@@ -159,9 +159,16 @@ def test_stats_sample_the_same_rows_of_every_model_as_one_range_each_within_the_
     budget = 2048  # bytes per model: 1 KiB per attention matrix, 8 rows of float32 q_proj, 16 of bf16 o_proj
     with running(hub) as server:
         crawl_flow(hub=server.url, lake=lake_dir, progress=False)
+        sent_before = len(server.faults.requests), len(server.cdn.requests)
         summary = stats_flow(lake=lake_dir, budget_bytes=budget, progress=False)
         ranges = [r[2] for r in (*server.faults.requests, *server.cdn.requests) if r[2]]
+        sent = len(server.faults.requests) - sent_before[0], len(server.cdn.requests) - sent_before[1]
     lake = Lake(lake_dir)
+    # The run's requests land in crawl_runs as the hub saw them: one resolve per file, its ranges to the CDN.
+    run = lake.query("SELECT requests, api_calls, resolves, cdn_requests, bytes_fetched FROM crawl_runs "
+                     "WHERE flow = 'stats' AND status = 'completed'").to_pylist()
+    assert run == [{"requests": sum(sent), "api_calls": 0, "resolves": 3, "cdn_requests": sent[1], "bytes_fetched": summary["bytes_fetched"]}]
+    assert sent[0] == 3 and sent[1] >= 3
     rows = lake.query("SELECT repo_id, tensor, row_begin, row_end, numel FROM layer_stats ORDER BY repo_id, tensor").to_pylist()
     # The tree stage's tensors only (the two square attention matrices), at rows fixed by name and shape.
     assert summary["tensors"] == len(rows) == 6 and {r["tensor"].split(".")[-2] for r in rows} == {"q_proj", "o_proj"}
