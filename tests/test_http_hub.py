@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import deque
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import numpy as np
@@ -129,6 +131,38 @@ def test_range_edge_cases(tiny_hub, hub_server):
         HttpFile(url, fast_policy()).read(len(data) - 2, len(data) + 2)  # the server clamps: fewer bytes than asked
     assert HttpFile(url, fast_policy()).read_prefix(1 << 20) == data
     assert HttpFile(url, fast_policy()).read_prefix(16) == data[:16]
+
+
+def test_a_server_that_ignores_range_still_gives_exact_bytes(tiny_hub, caplog):
+    """A plain file server answers every GET with the whole file (200): each read keeps what it asked, counts what came."""
+    data = (tiny_hub / "org/base/model.safetensors").read_bytes()
+
+    class WholeFile(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
+        def do_GET(self):
+            self.do_HEAD()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WholeFile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        file = HttpFile(f"http://127.0.0.1:{server.server_port}/org/base/resolve/main/model.safetensors", fast_policy())
+        header = read_header(file, "model.safetensors")
+        assert header == read_header(LocalFile(tiny_hub / "org/base/model.safetensors"), "model.safetensors")
+        entry = header.tensors[-1]
+        with caplog.at_level("WARNING"):
+            assert file.read(entry.begin, entry.end) == data[entry.begin : entry.end]
+        assert "ignores Range" in caplog.text
+        assert file.bytes_read == min(len(data), file.first_read_bytes) + entry.end  # the skipped bytes count
+    finally:
+        server.shutdown()
 
 
 def test_missing_things_raise_our_errors(tiny_hub, hub_server):

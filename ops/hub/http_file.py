@@ -19,6 +19,7 @@ never into a message or a log line.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,7 @@ from hubtree.errors import HubError, TruncatedFileError
 from hubtree.ops.hub.retry import CDN, RESOLVE, RetryPolicy
 from hubtree.ops.hub.token_scope import scoped_token
 
+logger = logging.getLogger(__name__)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -124,6 +126,7 @@ class HttpFile:
         self._cdn_headers = {"Accept-Encoding": "identity", "user-agent": self._headers.get("user-agent", "hubtree")}
         self._clock = clock
         self._resolved: Resolved | None = None
+        self._warned_whole = False
         self._own = Traffic()
         self._sinks = (self._own, traffic) if traffic is not None else (self._own,)
 
@@ -248,11 +251,18 @@ class HttpFile:
             hf_raise_for_status(response)
         if response.status_code == 206:
             self._check_range(response.headers.get("content-range", ""), start, end)
-        elif not (response.status_code == 200 and start == 0):
+            received = _read_at_most(response, end - start)
+            data = received
+        elif response.status_code == 200:
+            # A server that ignores Range sends the whole file from its start: read up to what was asked, stop there.
+            if start > 0 and not self._warned_whole:
+                self._warned_whole = True
+                logger.warning("%s: the server ignores Range requests; each read costs the file up to the read's end", self.url)
+            received = _read_at_most(response, end)
+            data = received[start:]
+        else:
             raise HubError(f"{self.url}: answered HTTP {response.status_code} to a range request")
-        # A server that ignores Range sends the whole file: keep what was asked, stop reading there.
-        data = _read_at_most(response, end - start)
-        self._count(nbytes=len(data))
+        self._count(nbytes=len(received))  # bytes received and thrown away count too
         return data
 
     def _check_range(self, content_range: str, start: int, end: int) -> None:
