@@ -50,8 +50,11 @@ def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_overri
     out = {}
     for file, wanted in by_file.items():
         handle = source.open_file(ref, file)
-        for entry in entries_for(handle, wanted, f"{loc.repo_id}/{file}"):
-            out[entry.name] = as_float_tensor(read_tensor(handle, entry))
+        try:
+            for entry in entries_for(handle, wanted, f"{loc.repo_id}/{file}"):
+                out[entry.name] = as_float_tensor(read_tensor(handle, entry))
+        finally:
+            hubs.bytes_read += handle.bytes_read
     return out
 
 

@@ -100,10 +100,14 @@ def actor_pool(make: Callable[[int], Any], tasks: int, ray_address: str | None =
 
 
 class HubConnections:
-    """One connection per hub URL, opened on first use and kept (an actor reads many repos of few hubs)."""
+    """One connection per hub URL, opened on first use and kept (an actor reads many repos of few hubs).
+
+    ``bytes_read``: file bytes its users read through it, a folder hub's too (they add each file's ``bytes_read``).
+    """
 
     def __init__(self) -> None:
         self._hubs: dict[str, HubSource] = {}
+        self.bytes_read = 0
 
     def get(self, url: str) -> HubSource:
         if url not in self._hubs:
@@ -111,8 +115,9 @@ class HubConnections:
         return self._hubs[url]
 
     def traffic(self) -> Counter:
-        """Requests sent by bucket and file bytes received, over every connection (``source_traffic``)."""
-        return sum((Counter(source_traffic(s)) for s in self._hubs.values()), Counter())
+        """Requests sent by bucket over every connection (``source_traffic``), and ``bytes``: ``bytes_read``."""
+        requests = sum((Counter(source_traffic(s)) for s in self._hubs.values()), Counter())
+        return Counter({**requests, "bytes": self.bytes_read})
 
 
 def source_traffic(source: HubSource) -> dict[str, int]:

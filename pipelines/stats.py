@@ -89,7 +89,6 @@ class UnitResult:
     unit: ModelUnit
     rows: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     errors: list[CrawlError] = field(default_factory=list)
-    bytes_read: int = 0
 
 
 @ray.remote
@@ -120,7 +119,8 @@ class StatsWorker:
             except HubtreeError as err:
                 result.errors.append(CrawlError.of(err, ref, "stats", file))
             finally:
-                result.bytes_read += handle.bytes_read if handle else 0
+                if handle is not None:
+                    self.hubs.bytes_read += handle.bytes_read
         return result
 
     def traffic(self) -> dict[str, int]:
@@ -295,7 +295,6 @@ def _read_units(units: list[ModelUnit], settings: StatsSettings, hub: str | None
             for result in stats_batch(pool, units[start : start + batch_size], lake, run_id, day):
                 summary["tensors"] += len(result.rows["layer_stats"])
                 summary["failed"] += bool(result.errors)
-                summary["bytes_fetched"] += result.bytes_read
                 bar.update(result.unit.nbytes)
         summary["traffic"] += pool.traffic()
 
@@ -330,7 +329,7 @@ def stats_flow(
     units, copied = pending_units(the_lake, layers, settings)
     copied_models = {(c.repo_id, c.revision) for c in copied} - {(u.repo_id, u.revision) for u in units}
     summary = {"run_id": run_id, "status": "completed", "models": len(units) + len(copied_models), "tensors": 0, "failed": 0,
-               "bytes_fetched": 0, "copied_files": 0, "traffic": Counter()}
+               "copied_files": 0, "traffic": Counter()}
     logger.info("%d models have tensors without statistics, %d files copy another file", len(units), len(copied))
     read = lambda work: _read_units(work, settings, hub, ray_address, the_lake, run_id, started.date(), batch_size, progress, summary)
     read(units)
@@ -341,7 +340,8 @@ def stats_flow(
         summary["copied_files"] = len(copied) - len(missing)
         read([as_unit(c) for c in missing])
     summary["status"] = run_status(summary["failed"], summary["models"])
-    summary |= request_counts(summary.pop("traffic"))
+    traffic = summary.pop("traffic")
+    summary |= {"bytes_fetched": traffic["bytes"], **request_counts(traffic)}
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
                {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"],
                 **{k: summary[k] for k in ("bytes_fetched", "requests", "api_calls", "resolves", "cdn_requests")}})
