@@ -20,6 +20,7 @@ import csv
 import io
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import ray
@@ -34,15 +35,19 @@ from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.lora import groups
 from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
 from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResult, RepoLoc, detune_units
-from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for, read_tensor
+from hubtree.ops.weights.row_sample import RowSample, read_blocks
+from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
 from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_override: str | None = None) -> dict[str, torch.Tensor]:
-    """The named tensors of ``loc``, by range, each file's header read again and checked (float32)."""
+def read_layers(
+    hubs: HubConnections, loc: RepoLoc, names: list[str], rows: Mapping[str, RowSample], hub_override: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The named tensors of ``loc`` (only their sampled ``rows`` where given), by range, each file's header
+    read again and checked (float32)."""
     source, ref = hubs.get(hub_override or loc.hub), RepoRef(loc.repo_id, loc.revision)
     by_file: dict[str, list[str]] = defaultdict(list)
     for name in names:
@@ -51,8 +56,8 @@ def read_layers(hubs: HubConnections, loc: RepoLoc, names: list[str], hub_overri
     for file, wanted in by_file.items():
         handle = source.open_file(ref, file)
         try:
-            for entry in entries_for(handle, wanted, f"{loc.repo_id}/{file}"):
-                out[entry.name] = as_float_tensor(read_tensor(handle, entry))
+            blocks = read_blocks(handle, entries_for(handle, wanted, f"{loc.repo_id}/{file}"), rows)
+            out |= {name: as_float_tensor(block) for name, block in blocks.items()}
         finally:
             hubs.bytes_read += handle.bytes_read
     return out
@@ -85,8 +90,8 @@ class LoraWorker:
         self.device = actor_device()
         self.hubs = HubConnections()
 
-    def _read(self, loc: RepoLoc, names: list[str]) -> dict[str, torch.Tensor]:
-        return read_layers(self.hubs, loc, names, self.hub_override)
+    def _read(self, loc: RepoLoc, names: list[str], rows: Mapping[str, RowSample]) -> dict[str, torch.Tensor]:
+        return read_layers(self.hubs, loc, names, rows, self.hub_override)
 
     def traffic(self) -> dict[str, int]:
         return self.hubs.traffic()
@@ -235,7 +240,7 @@ def adapter_features(lake: Lake, hub: str | None, run_id: str) -> dict[str, tupl
     hubs = HubConnections()
     out, rows = {}, []
     for repo_id, loc in locs.items():
-        spectra = adapter_spectra(read_layers(hubs, loc, sorted(loc.files), hub))
+        spectra = adapter_spectra(read_layers(hubs, loc, sorted(loc.files), {}, hub))
         if not spectra:
             continue
         out[repo_id] = (loc.revision, spectra)

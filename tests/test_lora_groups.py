@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hubtree.ops.lora.attack_sets import SAMPLE_ROWS
 from hubtree.ops.lora.groups import GroupPlan, RepoLoc, check_group, detune, detune_units, one_architecture, plan_groups
 
 
@@ -42,7 +43,7 @@ def test_three_merges_of_one_base_are_checked_and_detuned():
         weights[f"org/m{i}"] = {n: w + 0.1 * torch.randn(16, 2) @ torch.randn(2, 16) for n, w in base.items()}
     locs = [RepoLoc(r, "r1", "/hub", {"q": "f", "v": "f"}, {"q": "F32", "v": "F32"}) for r in weights]
 
-    def read(loc: RepoLoc, names: list[str]) -> dict[str, torch.Tensor]:
+    def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
         return {n: weights[loc.repo_id][n] for n in names}
 
     plan = GroupPlan("hidden/base", locs[:3], locs[3:], ["q", "v"], {"q": (16, 16), "v": (16, 16)}, None)
@@ -58,4 +59,30 @@ def test_three_merges_of_one_base_are_checked_and_detuned():
 
 def test_a_group_without_shared_layers_is_low_confidence():
     plan = GroupPlan("hidden/base", [], [], [], {}, None)
-    assert check_group(plan, lambda loc, names: {}).problem == "low: the members share no 2-D floating tensor of one shape"
+    assert check_group(plan, lambda loc, names, rows: {}).problem == "low: the members share no 2-D floating tensor of one shape"
+
+
+def test_tall_layers_are_checked_on_a_sample_of_their_rows_and_detuned_whole():
+    """A 600-row layer is judged on SAMPLE_ROWS rows: LoRA merges join, a full fine-tune does not, and
+    only the detuning reads whole layers."""
+    torch.manual_seed(1)
+    base = {n: torch.randn(600, 40) for n in ("q", "v")}
+    weights = {f"org/m{i}": {n: w + 0.05 * torch.randn(600, 2) @ torch.randn(2, 40) for n, w in base.items()} for i in range(4)}
+    weights["org/full"] = {n: w + 0.05 * torch.randn(600, 40) for n, w in base.items()}
+    locs = [RepoLoc(r, "r1", "/hub", {"q": "f", "v": "f"}, {"q": "F32", "v": "F32"}) for r in weights]
+    rows_read = []
+
+    def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
+        out = {n: weights[loc.repo_id][n][rows[n].begin : rows[n].end] if n in rows else weights[loc.repo_id][n] for n in names}
+        rows_read.extend(t.shape[0] for t in out.values())
+        return out
+
+    plan = GroupPlan("hidden/base", locs[:3], locs[3:], ["q", "v"], {"q": (600, 40), "v": (600, 40)}, None)
+    check = check_group(plan, read)
+    assert check.problem is None and check.layers == {"q": 2, "v": 2}
+    assert sorted(m.repo_id for m in check.members) == [f"org/m{i}" for i in range(4)]  # org/full left out
+    assert set(rows_read) == {SAMPLE_ROWS} and len(rows_read) == 2 * 5
+    rows_read.clear()
+    (unit,) = detune_units(check, iterations=50)
+    assert all(r.weights.shape == (600, 40) for r in detune(unit, read, torch.device("cpu")))
+    assert set(rows_read) == {600}

@@ -15,12 +15,14 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from hubtree.errors import HubtreeError
-from hubtree.ops.lora.attack_sets import MIN_MERGES, check_attack_set
+from hubtree.ops.lora.attack_sets import MIN_MERGES, SAMPLE_ROWS, check_attack_set
 from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
+from hubtree.ops.weights.row_sample import RowSample, sample_rows
 from hubtree.ops.weights.safetensors_reader import FLOAT_STORAGE
 
 MAX_CANDIDATES = 64  # undeclared repos tried per group (each costs one pairwise rank test per layer)
@@ -38,7 +40,8 @@ class RepoLoc:
     dtypes: dict[str, str]
 
 
-Read = Callable[[RepoLoc, list[str]], dict[str, torch.Tensor]]  # the named layers of a repo, as float32
+# The named layers of a repo as float32: whole, or only the rows a RowSample names where the mapping has one.
+Read = Callable[[RepoLoc, list[str], Mapping[str, RowSample]], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -168,24 +171,28 @@ def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
 
     The declared members are checked together (their reference is the first member the
     check keeps); each candidate is then paired with that reference and joins when the pair
-    differs at low rank in some layer; the whole set is checked once more.
+    differs at low rank in some layer; the whole set is checked once more. Every model is
+    read at the same ``SAMPLE_ROWS`` rows of each layer, which settle the ranks
+    (``attack_sets.classify_layers``): only the layers detuned later are read whole.
     """
     out = GroupCheck(plan)
     names = plan.layers
     if not names:
         out.problem = "low: the members share no 2-D floating tensor of one shape"
         return out
+    rows = {name: sample_rows(name, plan.shapes[name], SAMPLE_ROWS) for name in names}
+    check = partial(check_attack_set, shapes=plan.shapes)
     try:
-        weights = {loc.repo_id: read(loc, names) for loc in plan.members}
+        weights = {loc.repo_id: read(loc, names, rows) for loc in plan.members}
         declared = [loc.repo_id for loc in plan.members]
         eps = storage_eps(plan.members, names)
         ref = declared[0]
         if len(declared) >= 2:
-            ref = check_attack_set(weights, eps=eps).members[0]
+            ref = check(weights, eps=eps).members[0]
         joined = []
         for cand in plan.candidates:
-            w = read(cand, names)
-            pair = check_attack_set({ref: weights[ref], cand.repo_id: w}, eps=max(eps, storage_eps([cand], names)))
+            w = read(cand, names, rows)
+            pair = check({ref: weights[ref], cand.repo_id: w}, eps=max(eps, storage_eps([cand], names)))
             if len(pair.members) == 2 and pair.layers:
                 weights[cand.repo_id] = w
                 joined.append(cand)
@@ -197,7 +204,7 @@ def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
                 f"model differs from it at low rank; Spectral DeTuning needs at least {MIN_MERGES} LoRA merges of one base"
             )
             return out
-        found = check_attack_set(weights, eps=storage_eps(list(locs.values()), names))
+        found = check(weights, eps=storage_eps(list(locs.values()), names))
     except HubtreeError as err:
         out.problem, out.failed = f"failed: {type(err).__name__}: {err}", True
         return out
@@ -227,10 +234,10 @@ def detune_units(check: GroupCheck, iterations: int) -> list[DetuneUnit]:
 def detune(unit: DetuneUnit, read: Read, device: torch.device) -> list[LayerResult]:
     """Spectral DeTuning of same-shape layers of one rank, in one batch; W-Error where the base is readable."""
     try:
-        per_member = [read(loc, unit.layers) for loc in unit.members]
+        per_member = [read(loc, unit.layers, {}) for loc in unit.members]
         stack = torch.stack([torch.stack([m[name] for m in per_member]) for name in unit.layers]).to(device)
         results = spectral_detuning_batch(stack, unit.rank, unit.iterations)
-        truth = read(unit.base, unit.layers) if unit.base else {}
+        truth = read(unit.base, unit.layers, {}) if unit.base else {}
     except HubtreeError as err:
         return [LayerResult(unit.base_repo, name, unit.rank, 0, float("nan"), None, torch.empty(0), f"{type(err).__name__}: {err}")
                 for name in unit.layers]
