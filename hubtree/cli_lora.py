@@ -60,7 +60,7 @@ def dsire() -> None:
 def fit(lake, labels_csv, hub) -> None:
     """Fit DSiRe on the labelled adapters and store it in the lake.
 
-    Reads every adapter's A and B by range, writes their spectra to lora_spectra, fits
+    Reads the A and B of every adapter without spectra in lora_spectra by range, stores theirs, fits
     the 1-NN voters on the adapters in the CSV (normalisation from those only) and
     stores the model through the lake (LAKE/blobs/dsire/, listed in blobs); prints the model id.
     """
@@ -84,8 +84,10 @@ def predict(lake, model_id, hub) -> None:
 
     Writes dataset_size_estimates (estimate, the winning vote share, number of adapted
     layers, model id); adapters of another base or LoRA config are skipped and counted.
+    Spectra stored by an earlier run are not read again; an adapter that cannot be read
+    gets a crawl_errors row, and the run ends partial (exit 3).
     """
-    from hubtree.cli import require_lake
+    from hubtree.cli import exit_for, require_lake
 
     the_lake = require_lake(absolute(lake))
     from hubtree.pipelines.lora import dsire_predict_flow, load_dsire_model
@@ -94,4 +96,5 @@ def predict(lake, model_id, hub) -> None:
     with prefect_local.foreground():
         s = dsire_predict_flow(lake=absolute(lake), model=model_id, hub=hub)
     click.echo(f"dsire predict {s['status']}: {s['estimated']} adapters estimated with model {s['model_id']}, "
-               f"{len(s['skipped'])} skipped (another base or LoRA config)")
+               f"{len(s['skipped'])} skipped (another base or LoRA config), {len(s['failed'])} unreadable (see crawl_errors)")
+    exit_for(s["status"])

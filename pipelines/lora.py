@@ -21,6 +21,7 @@ import io
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from hubtree.errors import HubtreeError, LakeError, LoraSetError
 from hubtree.lake import Lake
+from hubtree.ops.hub.catalog import CrawlError
 from hubtree.ops.hub.source import RepoRef
 from hubtree.ops.lora import groups
 from hubtree.ops.lora.dsire import DsireModel, adapter_spectra
@@ -220,9 +222,23 @@ def _recovered_rows(
 
 
 
+@dataclass
+class AdapterFeatures:
+    """What DSiRe knows of the lake's adapters this run."""
+
+    spectra: dict[str, tuple[str, dict[str, torch.Tensor]]]  # repo_id -> (revision, voter -> singular values)
+    failed: dict[str, str]  # repo_id -> why its adapter could not be read (a crawl_errors row says the same)
+    traffic: Counter  # what reading the new ones cost (``HubConnections.traffic``)
+
+
 @task(cache_policy=NONE)
-def adapter_features(lake: Lake, hub: str | None, run_id: str) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
-    """repo_id -> (revision, DSiRe spectra) for every adapter in the lake; new spectra go to ``lora_spectra``."""
+def adapter_features(lake: Lake, hub: str | None, run_id: str, stage: str) -> AdapterFeatures:
+    """DSiRe spectra of every adapter in the lake: from ``lora_spectra`` where an earlier run stored them,
+    else read (new spectra go to ``lora_spectra``, unreadable adapters to ``crawl_errors``).
+
+    New spectra are rounded to float32, as stored, so a run that reads them and one that
+    finds them in the lake see the same numbers.
+    """
     adapters = lake.query(
         f"""
         SELECT a.repo_id, a.revision, r.hub, t.file, t.name, t.dtype FROM adapters a
@@ -231,24 +247,32 @@ def adapter_features(lake: Lake, hub: str | None, run_id: str) -> dict[str, tupl
         ORDER BY a.repo_id
         """
     ).to_pylist()
-    done = {(r["repo_id"], r["revision"]) for r in lake.query("SELECT DISTINCT repo_id, revision FROM lora_spectra_all").to_pylist()}
+    stored: dict[tuple[str, str], dict[str, torch.Tensor]] = defaultdict(dict)
+    for r in lake.query("SELECT repo_id, revision, layer, features FROM lora_spectra_all").to_pylist():
+        stored[(r["repo_id"], r["revision"])][r["layer"]] = torch.tensor(r["features"], dtype=torch.float32).double()
     locs: dict[str, RepoLoc] = {}
     for a in adapters:
         loc = locs.setdefault(a["repo_id"], RepoLoc(a["repo_id"], a["revision"], a["hub"], {}, {}))
         loc.files[a["name"]] = a["file"]
         loc.dtypes[a["name"]] = a["dtype"]
     hubs = HubConnections()
-    out, rows = {}, []
+    out = AdapterFeatures({}, {}, Counter())
+    rows, errors = [], []
     for repo_id, loc in locs.items():
-        spectra = adapter_spectra(read_layers(hubs, loc, sorted(loc.files), {}, hub))
-        if not spectra:
-            continue
-        out[repo_id] = (loc.revision, spectra)
-        if (repo_id, loc.revision) not in done:
-            rows += [{"repo_id": repo_id, "revision": loc.revision, "layer": v, "features": s.float().tolist()}
-                     for v, s in spectra.items()]
-    if rows:
-        lake.commit("dsire-spectra", run_id, {"lora_spectra": rows})
+        spectra = stored.get((repo_id, loc.revision))
+        if spectra is None:
+            try:
+                spectra = {v: s.float().double() for v, s in adapter_spectra(read_layers(hubs, loc, sorted(loc.files), {}, hub)).items()}
+            except HubtreeError as err:
+                out.failed[repo_id] = f"{type(err).__name__}: {err}"
+                errors.append(asdict(CrawlError.of(err, RepoRef(repo_id, loc.revision), stage, ADAPTER_FILE)))
+                continue
+            rows += [{"repo_id": repo_id, "revision": loc.revision, "layer": v, "features": s.tolist()} for v, s in spectra.items()]
+        if spectra:
+            out.spectra[repo_id] = (loc.revision, spectra)
+    if rows or errors:
+        lake.commit("dsire-spectra", run_id, {"lora_spectra": rows, "crawl_errors": errors})
+    out.traffic = hubs.traffic()
     return out
 
 
@@ -272,7 +296,11 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     params = {"lake": lake, "labels_csv": labels_csv, "hub": hub}
     the_lake, run_id, started = begin_run(lake, "dsire-fit", params)
     labels = _read_labels(labels_csv)
-    features = adapter_features(the_lake, hub, run_id)
+    found = adapter_features(the_lake, hub, run_id, "dsire-fit")
+    features = found.spectra
+    if unreadable := sorted(set(labels) & set(found.failed)):
+        raise HubtreeError(f"{len(unreadable)} labelled adapters could not be read (first: {unreadable[0]}: "
+                           f"{found.failed[unreadable[0]]}); fix or drop them from the labels and fit again")
     missing = sorted(set(labels) - set(features))
     if missing:
         raise LakeError(f"{len(missing)} labelled adapters are not in the lake (first: {missing[0]}): crawl them first")
@@ -286,7 +314,8 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     np.savez(buf, **arrays)
     blob = the_lake.write_blob("dsire", model_id, run_id, buf.getvalue(), ".npz")
     the_lake.commit("dsire-fit", run_id, {"blobs": [blob]}, day=started.date())
-    record_run(the_lake, "dsire-fit", run_id, params, started, "completed", {"repos_crawled": len(train)})
+    record_run(the_lake, "dsire-fit", run_id, params, started, "completed",
+               {"repos_crawled": len(train), "bytes_fetched": found.traffic["bytes"], **request_counts(found.traffic)})
     logger.info("dsire model %s fitted on %d adapters", model_id, len(train))
     return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": blob["path"]}
 
@@ -309,9 +338,9 @@ def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = No
     the_lake.require()
     model_id, fitted, train = load_dsire_model(the_lake, model)
     the_lake, run_id, started = begin_run(the_lake, "dsire", params)
-    features = adapter_features(the_lake, hub, run_id)
+    found = adapter_features(the_lake, hub, run_id, "dsire")
     rows, skipped = [], []
-    for repo_id, (revision, spectra) in sorted(features.items()):
+    for repo_id, (revision, spectra) in sorted(found.spectra.items()):
         if repo_id in train:
             continue
         try:
@@ -322,7 +351,12 @@ def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = No
         rows.append({"repo_id": repo_id, "revision": revision, "estimate": int(estimate[0]), "vote_share": float(share[0]),
                      "n_layers": len(spectra) // 3, "model_id": model_id})
     the_lake.commit("dsire", run_id, {"dataset_size_estimates": rows}, day=started.date())
-    record_run(the_lake, "dsire", run_id, params, started, "completed", {"repos_crawled": len(rows), "repos_skipped": len(skipped)})
+    status = run_status(len(found.failed), len(found.failed) + len(rows) + len(skipped))
+    record_run(the_lake, "dsire", run_id, params, started, status,
+               {"repos_crawled": len(rows), "repos_skipped": len(skipped), "repos_failed": len(found.failed),
+                "bytes_fetched": found.traffic["bytes"], **request_counts(found.traffic)})
     if skipped:
         logger.info("%d adapters skipped: another base or LoRA config than model %s (first: %s)", len(skipped), model_id, skipped[0])
-    return {"run_id": run_id, "status": "completed", "model_id": model_id, "estimated": len(rows), "skipped": skipped}
+    if found.failed:
+        logger.error("%d adapters could not be read (crawl_errors has why; first: %s)", len(found.failed), next(iter(found.failed)))
+    return {"run_id": run_id, "status": status, "model_id": model_id, "estimated": len(rows), "skipped": skipped, "failed": found.failed}

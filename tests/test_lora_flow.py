@@ -101,6 +101,33 @@ def test_dsire_fit_on_half_predicts_the_other_half(zoo_lake, tmp_path):
     assert spectra == [{"n": len(truth.lora.adapters)}]
 
 
+def test_dsire_reads_each_adapter_once_and_an_unreadable_one_costs_only_itself(zoo_lake, tmp_path):
+    out, truth, _ = zoo_lake
+    shutil.copytree(out / "hub", tmp_path / "hub")
+    hub, lake = str(tmp_path / "hub"), str(tmp_path / "lake")
+    crawl_flow(hub=hub, lake=lake, progress=False)  # a lake of its own: no spectra stored yet
+    adapters = sorted(truth.lora.adapters)
+    broken = tmp_path / "hub" / adapters[-1] / "adapter_model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated after the crawl
+    labels = tmp_path / "sizes.csv"
+    labels.write_text("repo_id,dataset_size\n" + "".join(f"{r},{truth.lora.adapters[r]}\n" for r in adapters[:2]))
+    dsire_fit_flow(lake=lake, labels_csv=str(labels), hub=hub)
+    first, second = dsire_predict_flow(lake=lake, hub=hub), dsire_predict_flow(lake=lake, hub=hub)
+    assert first["status"] == second["status"] == "partial" and set(first["failed"]) == {adapters[-1]}
+    assert first["estimated"] == len(adapters) - 3  # neither the labelled ones nor the broken one
+    the_lake = Lake(lake)
+    estimates = [the_lake.query("SELECT repo_id, estimate, vote_share FROM dataset_size_estimates_all WHERE run_id = ? ORDER BY repo_id",
+                                [run["run_id"]]).to_pylist() for run in (first, second)]
+    assert estimates[0] == estimates[1]  # spectra from the lake give what the read ones gave
+    runs = the_lake.query("SELECT flow, status, bytes_fetched FROM crawl_runs WHERE flow LIKE 'dsire%' AND status <> 'running' "
+                          "ORDER BY started_at").to_pylist()
+    assert [(r["flow"], r["status"]) for r in runs] == [("dsire-fit", "completed"), ("dsire", "partial"), ("dsire", "partial")]
+    whole = sum(f.stat().st_size for f in (tmp_path / "hub").rglob("adapter_model.safetensors"))
+    assert runs[0]["bytes_fetched"] > whole / 2 and runs[1]["bytes_fetched"] == runs[2]["bytes_fetched"] <= 100  # the broken one only
+    errors = the_lake.query("SELECT DISTINCT repo_id, stage, error_class FROM crawl_errors WHERE stage LIKE 'dsire%'").to_pylist()
+    assert {(e["repo_id"], e["error_class"]) for e in errors} == {(adapters[-1], "TruncatedFileError")}
+
+
 def test_a_model_of_another_shape_declaring_the_base_is_not_a_source(zoo_lake, tmp_path):
     out, truth, _ = zoo_lake
     (base_repo,) = truth.hidden_bases
