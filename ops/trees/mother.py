@@ -37,6 +37,7 @@ import numpy as np
 from hubtree.ops.trees.direction import (
     PRETRAINED_RULE,
     FamilyDirection,
+    Rooting,
     adapter_fixed,
     family_direction,
     merged_adapter_edges,
@@ -455,7 +456,9 @@ def recover_trees(
         if rerooted:
             sizes, norm = models.layer_sizes.get(signature_of[f]), models.norm[members]
             fixed = partial(_adapter_edges, x=fam.family.x, sizes=sizes, norm=norm)
-            tree = _rerooted(tree, fam.family.x, witnesses[rule.witness][members], rule.sign, direction.confidence, fixed)
+            noise = partial(_steps, x=fam.family.x) if rule.witness == "norm" else None
+            tree, rooting = _rerooted(tree, fam.family, witnesses[rule.witness][members], rule.sign, direction.confidence, fixed, noise)
+            direction = replace(direction, confidence=direction.confidence * rooting.root, why=direction.why + _rooting_note(rooting))
         edges += _inferred_edges(f, fam, tree)
         timed = float(np.isfinite(models.created_at[members]).mean())
         reports.append(FamilyReport(
@@ -543,23 +546,42 @@ def _adapter_edges(a: np.ndarray, b: np.ndarray, x: np.ndarray, sizes, norm: np.
     An edge's RMS step is its distance: ``families.distance_vector`` makes ``||x_a - x_b||``
     the RMS over the layers' entries (for layers of equal size, as a block's attention matrices are).
     """
-    step = np.linalg.norm(x[a].astype(np.float64) - x[b], axis=1)
-    return adapter_fixed(a, b, merged_adapter_edges(x, a, b, sizes), norm, step)
+    return adapter_fixed(a, b, merged_adapter_edges(x, a, b, sizes), norm, _steps(a, b, x))
 
 
-def _rerooted(tree: FamilyTree, x: np.ndarray, values: np.ndarray, sign: int, confidence: float, fixed=None) -> FamilyTree:
-    """The tree re-oriented from the root its rule's witness agrees with most (``direction.reroot``).
+def _steps(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each edge's RMS step, the spread of the norm's change under a step in a random direction (``direction.adapter_fixed``)."""
+    return np.linalg.norm(x[a].astype(np.float64) - x[b], axis=1)
 
-    Flipped edges keep the distance of the pair and take the family's direction confidence;
-    the others keep their margin, capped at it: an edge is right only if its direction is,
-    and the direction of a rerooted family is no surer than its rule.
+
+def _rerooted(
+    tree: FamilyTree, fam: Family, values: np.ndarray, sign: int, confidence: float, fixed=None, noise=None
+) -> tuple[FamilyTree, Rooting]:
+    """The tree re-oriented from the root its rule's witness agrees with most (``direction.reroot``),
+    never from a member that cannot parent (a quantized copy stays a leaf).
+
+    An edge is right only if the rule is and the root lies on its parent's side, so its
+    confidence is at most ``confidence * side`` (``direction.root_posterior``): flipped
+    edges take that and keep the distance of the pair, the others keep their margin,
+    capped at it.
     """
-    parent = reroot(tree.parent, values, sign, fixed)
+    rooting = reroot(tree.parent, values, sign, fixed, noise, fam.can_parent)
+    x = fam.x
+    parent, direction = rooting.parent, confidence * rooting.side
     same = parent == tree.parent
     has = parent >= 0
     distance = np.where(same, tree.distance, np.nan)
     distance[has & ~same] = np.linalg.norm(x[has & ~same] - x[parent[has & ~same]], axis=1)
-    return FamilyTree(parent, np.where(same, np.minimum(tree.confidence, confidence), np.where(has, confidence, np.nan)), distance)
+    conf = np.where(same, np.minimum(tree.confidence, direction), np.where(has, direction, np.nan))
+    return FamilyTree(parent, conf, distance), rooting
+
+
+def _rooting_note(rooting: Rooting) -> str:
+    """What the family's votes say of its root, for ``families.direction_rule``."""
+    note = f"; root: {rooting.root:.0%} likely by the edges' votes"
+    if rooting.contradicted:
+        note += f", {rooting.contradicted} merged adapter's norm vote{'s' if rooting.contradicted > 1 else ''} against the witness"
+    return note
 
 
 def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
