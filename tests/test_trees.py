@@ -137,6 +137,22 @@ def test_quantized_models_are_leaves_even_when_nearest():
     assert all(found[f"org/m{i}"] == "org/m0" for i in range(2, 6))
 
 
+def test_a_quantized_copy_is_never_made_the_root_when_the_family_is_rerooted():
+    x = star(6)
+    copy = x[0] + 1e-4 * np.random.default_rng(1).normal(size=x.shape[1]).astype(np.float32)
+    x = np.vstack([x[:1], copy, x[1:]])  # org/m1 is a float16 copy of the root
+    quantized = np.zeros(8, dtype=bool)
+    quantized[1] = True
+    rank = np.array([0.0, -1e-3] + [1.0] * 6)  # rounding lowered the copy's rank: the witness would root the family at it
+    models = replace(models_of(x, times=[np.nan] * 8, quantized=quantized), rank=rank)
+    trees = recover_trees(models)
+    found = parents_of(trees.edges)
+    assert found["org/m1"] == "org/m0" and found["org/m0"] is None
+    assert all(found[f"org/m{i}"] == "org/m0" for i in range(2, 8))
+    (family,) = trees.families
+    assert "root:" in family.why and 0.0 < family.confidence <= 1.0
+
+
 def test_a_parent_is_never_newer_than_its_child():
     x = star(5)
     times = [10.0, 20.0, 30.0, 40.0, 50.0, 5.0]  # org/m5 claims to predate the root

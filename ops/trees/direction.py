@@ -414,38 +414,39 @@ def root_posterior(
     """Per member of the oriented tree ``parent``, P(the root lies on its parent's side of its edge),
     and P(each tree's chosen root), the least over the trees.
 
-    Each edge's vote is taken as right with probability q_e, independently, and every
-    member is a root a priori alike, so
+    Each vote is taken as right with probability q, independently, and every member is a
+    root a priori alike, so
 
-        P(root = v) ∝ prod_e q_e^[e agrees from v] (1 - q_e)^[e disagrees from v]
-                    ∝ exp(sum_e logit(q_e) [e agrees from v]).
+        P(root = v) ∝ prod_votes q^[it agrees from v] (1 - q)^[it disagrees from v]
+                    ∝ exp(sum_votes logit(q) [it agrees from v]).
 
     A vote is right when its rule holds on the edge (probability pi) and the change seen
     has the sign of the change made, or neither: q = pi Phi(z) + (1 - pi)(1 - Phi(z)), where
     z is the change over its spread under chance (Phi(z) = 1 where there is no model of
     chance: rank, kurtosis). The family witness's pi is its agreement with the tree from
-    the chosen root, (right + 1) / (usable + 2); its chance spread is ``chance`` (0: none);
-    a merged adapter's vote (``known``, a signed z) has pi = ``ADAPTER_RULE_HOLDS``. Edges
-    without a usable vote carry none; members that cannot be roots (``can_root``) have no
-    prior weight. An edge is as likely right as the roots on its parent's side together.
+    the chosen root on the other edges, (right + 1) / (usable + 2); its chance spread is
+    ``chance`` (0: none). A merged adapter's norm vote (``known``, a signed z) has pi =
+    ``ADAPTER_RULE_HOLDS`` and counts beside the witness's vote on its edge: the root
+    follows the adapter there, but where the two disagree the evidence is split. Members
+    that cannot be roots (``can_root``) have no prior weight. An edge is as likely right as
+    the roots on its parent's side together.
     """
     n = len(parent)
     s = sign * np.asarray(values, dtype=np.float64)
-    usable = np.isfinite(s[a]) & np.isfinite(s[b]) & (s[a] != s[b]) & (known == 0)
+    witnessed = np.isfinite(s[a]) & np.isfinite(s[b]) & (s[a] != s[b])
     pointed = parent[b] == a  # the edge runs a -> b in the chosen tree
-    right = np.where(pointed, s[a] > s[b], s[b] > s[a])[usable]
+    right = np.where(pointed, s[a] > s[b], s[b] > s[a])[witnessed & (known == 0)]
     pi = (right.sum() + 1.0) / (len(right) + 2.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         seen = np.where(chance > 0, ndtr(np.abs(s[a] - s[b]) / chance), 1.0)
-    q = np.where(known != 0, _holds(ADAPTER_RULE_HOLDS, ndtr(np.abs(known))), _holds(pi, seen))
-    q = np.clip(q, 0.5, 1 - 1e-6)  # a vote no better than a coin carries nothing
-    down, up, _ = _votes_of(a, b, values, sign, known)
-    weight = np.where((known != 0) | usable, np.log(q / (1 - q)), 0.0)
-    score, trees = root_scores(a, b, n, down * weight, up * weight)
-    post = np.zeros(n)
-    likely = 1.0
+    w_adapter = np.where(known != 0, _logit(_holds(ADAPTER_RULE_HOLDS, ndtr(np.abs(known)))), 0.0)
+    w_witness = np.where(witnessed, _logit(_holds(pi, seen)), 0.0)
+    down = w_adapter * (known > 0) + w_witness * (s[a] > s[b])
+    up = w_adapter * (known < 0) + w_witness * (s[b] > s[a])
+    score, trees = root_scores(a, b, n, down, up)
     if can_root is not None:
         score = np.where(can_root, score, -np.inf)
+    post, likely = np.zeros(n), 1.0
     for order in trees:
         if not np.isfinite(score[order]).any():
             score[order] = 0.0
@@ -458,6 +459,12 @@ def root_posterior(
             if parent[v] >= 0:
                 below[parent[v]] += below[v]
     return np.where(parent >= 0, np.clip(1.0 - below, 0.0, 1.0), np.nan), likely
+
+
+def _logit(q: np.ndarray) -> np.ndarray:
+    """A vote's weight: log-odds of its being right; no better than a coin carries nothing."""
+    q = np.clip(q, 0.5, 1.0 - 1e-6)
+    return np.log(q / (1.0 - q))
 
 
 def _holds(pi: float, seen: np.ndarray) -> np.ndarray:
