@@ -26,10 +26,16 @@ sign, depends on the regime, so a family's evidence decides, strongest first:
 
 Re-rooting a family (``reroot``) counts every edge's vote at once; edges that merge an
 adapter (``merged_adapter_edges``) vote by the norm instead of the family's witness, where
-the norm moved by more than chance (``adapter_fixed``).
+the norm moved by more than chance (``adapter_fixed``); a member that cannot parent (a
+quantized copy) is never the root.
 
 ``FamilyDirection.confidence`` says how far the chosen rule beats the best rule of the
-other sign, and is halved when the other witness, on its own, points the other way.
+other sign, and is halved when the other witness, on its own, points the other way. Where
+the family is re-rooted, the same votes give a posterior over its roots
+(``root_posterior``): the family's confidence is the rule's times P(the chosen root), an
+edge's at most the rule's times P(the root lies on its parent's side), so that votes which
+disagree (an adapter's norm against the witness, a witness that fits few edges, changes
+within chance) say the direction is a guess where it is one.
 """
 from __future__ import annotations
 

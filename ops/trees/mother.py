@@ -14,8 +14,8 @@ depart from the paper, and why:
   k; the paper's mean over all pairs would need n^2 distances.
 - The direction witness is chosen per family from the declared edges, upload times or
   the tree's shape (``direction``); a family oriented by its shape is re-rooted once as a
-  whole, and its edges pay the direction price only in proportion to the square of the
-  rule's confidence.
+  whole (never from a quantized copy), and its edges pay the direction price only in
+  proportion to the square of the rule's confidence.
 - Two more rounds re-price every edge against the previous round's tree: the family's
   mean fine-tuning step, shrunk by as much as it could be chance, is removed from the
   distance, and an edge that turns back towards
@@ -111,7 +111,9 @@ class TreeEdge:
     margin ``(M2 - M1) / s`` by which the chosen parent's cost beats the best other
     candidate's, in units of the family's typical step s, capped at 1: how far the
     distances would have to move to change the answer (sketches err by ~3% of a distance,
-    so margins of that order are coin flips). nan for roots, which are not edges.
+    so margins of that order are coin flips). In a re-rooted family it is also at most the
+    family rule's confidence times the posterior probability that the edge points the
+    right way (``direction.root_posterior``). nan for roots, which are not edges.
     """
 
     child: str
@@ -134,7 +136,7 @@ class FamilyReport:
     rule: DirectionRule
     timed: float  # fraction of members with a known upload time
     placeholders: tuple[str, ...] = ()  # missing declared parents placed at their children's mean
-    confidence: float = float("nan")  # in the direction rule, [0, 1] (``direction.FamilyDirection``)
+    confidence: float = float("nan")  # in the direction, [0, 1]: the rule's (``direction.FamilyDirection``), times P(root) where re-rooted
     why: str = ""  # the evidence that chose the rule, and any conflict
 
 
