@@ -27,7 +27,7 @@ def probex() -> None:
 @click.option("--layers", default=None, help="Only 2-D tensors whose name matches this regex are candidate layers.")
 @click.option("--min-labelled", default=8, show_default=True, help="Labelled members a family needs for an expert.")
 @click.option("--max-layers", default=12, show_default=True, help="Candidate layers tried per family (spread over depth).")
-@click.option("--epochs", default=100, show_default=True, help="Training epochs per candidate layer.")
+@click.option("--epochs", default=100, show_default=True, help="At most this many training epochs of the nets (the count is chosen by cross-validation).")
 @click.option("--hub", default=None, help="Read weights from this hub instead of the one each repo was crawled from.")
 @token_for_hub
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting Ray here.")
@@ -36,8 +36,9 @@ def fit(lake, labels_csv, layers, min_labelled, max_layers, epochs, hub, ray_add
 
     \b
     Each expert reads one layer, chosen among the candidates by cross-validation over the
-    family's labelled members (repeated over 2 splits), trains 2 ProbeX nets on it, and
-    labels models with a ridge on the nets' probe responses. Experts, layers and the labels
+    family's labelled members (repeated over 2 splits). Its probes are the top singular
+    directions of the labelled models' updates; a ridge on their responses labels models,
+    and 2 ProbeX nets trained on them give the text space. Experts, layers and the labels
     go to LAKE/blobs/probex/<model_id>/<run_id>.npz (listed in blobs). Families with too
     few labelled members get no expert and are listed.
     """

@@ -268,8 +268,8 @@ def load_probex_model(lake: Lake, model_id: str | None = None) -> ProbexModel:
     model_id, data = lake.read_latest_blob("probex", model_id, "ProbeX model", f"hubtree probex fit --lake {lake.url}")
     arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
     families = [int(f) for f in arrays["families"]]
-    if any(f"family{f}/ridge/weight" not in arrays for f in families):
-        raise LakeError(f"ProbeX model {model_id} was fitted by an older hubtree (before the ridge head): "
+    if any(f"family{f}/head/weight" not in arrays for f in families):
+        raise LakeError(f"ProbeX model {model_id} was fitted by an older hubtree (before the principal probes): "
                         f"run `hubtree probex fit --lake {lake.url}` again")
     experts = {f: ProbexExpert.from_arrays(arrays, f"family{f}/") for f in families}
     train = {f: [str(r) for r in arrays[f"family{f}/train_repos"]] for f in families}
