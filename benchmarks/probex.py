@@ -11,12 +11,12 @@ by the same cross-validation folds of the labelled models:
     threshold 0.5; also the best layer on the held-out models themselves (an oracle);
   - dense on the direction: the same ridge on ProbeX's input, each layer's update from the
     family's base scaled to unit norm (``direction``), the whole layer where ProbeX's head
-    reads a k x k sketch of it;
+    reads its coordinates along the probes (the top 64 x 128 directions of the labelled updates);
   - stats: every layer's statistics (layer_stats) + a logistic head.
 Search: each dataset's paraphrase (never its description) as the query; precision@5 over all
 models, and over the held-out models only (found by what their weights predict).
 
-    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4, 5, 6 and 7
+    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4-9
     python benchmarks/probex.py --seeds 6 --tune-seeds
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/hubtree-bench-probex"))
     parser.add_argument("--tune-seeds", type=int, nargs="*", default=[0, 3], help="Seeds the settings were tuned on (reported apart).")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5, 6, 7], help="Held-out seeds.")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5, 6, 7, 8, 9], help="Held-out seeds.")
     parser.add_argument("--epochs", type=int, default=None, help="ProbeX epochs per layer (default: ProbexSettings.epochs).")
     args = parser.parse_args()
     torch.set_num_threads(1)
