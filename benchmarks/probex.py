@@ -4,7 +4,8 @@ Each zoo (``hubtree zoo --labelled``, seed S) is crawled into a lake and run thr
 trees. The fine-tunes whose cards name their datasets are the labelled models (``probex fit
 --labels`` gets them with the datasets' descriptions); the others are held out: their cards say
 nothing, and every score below is on them. Baselines get the same split and choose their layer
-by the same cross-validation folds of the labelled models:
+by the same cross-validation folds of the labelled models, among every 2-D layer (ProbeX too,
+unless ``--max-layers`` caps its candidates as ``probex fit`` does by default):
   - fingerprint: untrained probe features of each layer (fixed random U, V; the stats stage's
     ``probe_features``) + a logistic head;
   - dense: ridge regression on the flattened layer (centred on the labelled models' mean),
@@ -16,7 +17,7 @@ by the same cross-validation folds of the labelled models:
 Search: each dataset's paraphrase (never its description) as the query; precision@5 over all
 models, and over the held-out models only (found by what their weights predict).
 
-    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4-9
+    python benchmarks/probex.py                    # tuning seeds 0 and 3, held-out seeds 1, 2, 4-11
     python benchmarks/probex.py --seeds 6 --tune-seeds
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from hubtree.ops.weights.safetensors_reader import LocalFile, as_float_tensor, r
 from hubtree.ops.zoo.build import load_truth
 from hubtree.ops.zoo.labelled import DATA_ORG, build_labelled_zoo, labels_csv
 
+EVERY_LAYER = 10**6  # as ProbeX's --max-layers: more than any model has, so every shared 2-D layer is a candidate
 STAT_COLUMNS = ("mean", "std", "skewness", "kurtosis", "frobenius_norm", "spectral_norm", "stable_rank",
                 "entropy_effective_rank", "log_norm", "log_spectral_norm", "alpha", "alpha_weighted")
 
@@ -107,7 +109,7 @@ def choose_layer(features: dict[str, tuple[np.ndarray, np.ndarray]], y: np.ndarr
 # ----------------------------------------------------------------------------- one zoo
 
 
-def run_zoo(out: Path, seed: int, epochs: int) -> dict:
+def run_zoo(out: Path, seed: int, epochs: int, max_layers: int) -> dict:
     from hubtree.pipelines.crawl import crawl_flow
     from hubtree.pipelines.probex import probex_fit_flow, probex_predict_flow, search_lake
     from hubtree.pipelines.stats import stats_flow
@@ -128,7 +130,7 @@ def run_zoo(out: Path, seed: int, epochs: int) -> dict:
     (out / f"labels-s{seed}.csv").write_text(labels_csv(truth, labelled))
     load = os.getloadavg()[0]  # the machine may be shared: times mean little without it
     tic = time.perf_counter()
-    fit = probex_fit_flow(lake=lake_url, labels_csv=str(out / f"labels-s{seed}.csv"), epochs=epochs)
+    fit = probex_fit_flow(lake=lake_url, labels_csv=str(out / f"labels-s{seed}.csv"), epochs=epochs, max_layers=max_layers)
     fit_s = time.perf_counter() - tic
     tic = time.perf_counter()
     predicted = probex_predict_flow(lake=lake_url)
@@ -187,8 +189,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/hubtree-bench-probex"))
     parser.add_argument("--tune-seeds", type=int, nargs="*", default=[0, 3], help="Seeds the settings were tuned on (reported apart).")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5, 6, 7, 8, 9], help="Held-out seeds.")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 4, 5, 6, 7, 8, 9, 10, 11], help="Held-out seeds.")
     parser.add_argument("--epochs", type=int, default=None, help="ProbeX epochs per layer (default: ProbexSettings.epochs).")
+    parser.add_argument("--max-layers", type=int, default=EVERY_LAYER,
+                        help="ProbeX's candidate layers per family (default: every 2-D layer, as the baselines get; `probex fit` takes 12).")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from hubtree.pipelines.ray_runtime import ensure_ray
@@ -199,7 +203,7 @@ def main() -> None:
     runs = []
     for seed in [*args.tune_seeds, *args.seeds]:
         role = "tuning" if seed in args.tune_seeds else "held out"
-        run = run_zoo(args.out, seed, epochs)
+        run = run_zoo(args.out, seed, epochs, args.max_layers)
         runs.append((role, run))
         for method, m in run["methods"].items():
             print(f"| {seed} | {role} | {method} | {m['acc']:.3f} | {m['map']:.3f} | {m['f1']:.3f} |", flush=True)
