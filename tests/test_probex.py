@@ -67,6 +67,23 @@ def test_the_probes_are_the_principal_directions_of_the_updates_and_their_pairs_
     assert kept > (rand[0].T @ x @ rand[1]).norm() ** 2 / x.norm() ** 2
 
 
+def test_large_layers_take_the_randomized_svd_and_keep_what_the_exact_one_keeps(monkeypatch):
+    """Above EXACT_SVD_NUMEL the probes come from torch.svd_lowrank: updates of rank 4 each (6 models,
+    rank 24 in all, within the 32 x 40 probes) are held whole either way."""
+    from hubtree.ops.weights import probex
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 200, 4, generator=g) @ torch.randn(6, 4, 150, generator=g)
+    s = ProbexSettings(r_v=64, r_u=40)
+    exact = Probes.fit(x, s)
+    monkeypatch.setattr(probex, "EXACT_SVD_NUMEL", 1000)
+    randomized = Probes.fit(x, s)
+    for probes in (exact, randomized):
+        a = probes.linear(probes.responses(x))
+        assert torch.allclose(a @ a.T, x.flatten(1) @ x.flatten(1).T, rtol=1e-3, atol=1e-2)  # the dense kernel
+    assert randomized.projection.shape[1] <= 64 and randomized.probes.shape[1] <= 40
+
+
 def test_the_expert_sees_where_an_update_went_not_how_far():
     layers, y, base = _family(n=16)
     expert, _ = fit_expert(layers, y, ["a", "b"], ["text a", "text b"], torch.eye(2, 12), base, SETTINGS)

@@ -86,10 +86,8 @@ class Probes:
         """V = [V_0, -V_0] and U from the SVDs of the updates x (n, d_H, d_W): r_V / 2 and r_U directions,
         or as many as the updates have where that is fewer (then A holds each update whole)."""
         n, d_h, d_w = x.shape
-        left, sv_left, _ = torch.linalg.svd(x.double().permute(1, 0, 2).reshape(d_h, n * d_w), full_matrices=False)
-        _, sv_right, right = torch.linalg.svd(x.double().reshape(n * d_h, d_w), full_matrices=False)
-        v0 = left[:, : min(s.r_v // 2, _rank(sv_left))].float()
-        return cls(torch.cat([v0, -v0], dim=1), right[: min(s.r_u, _rank(sv_right))].T.float())
+        v0 = _top_left(x.permute(1, 0, 2).reshape(d_h, n * d_w), s.r_v // 2)
+        return cls(torch.cat([v0, -v0], dim=1), _top_left(x.reshape(n * d_h, d_w).T, s.r_u))
 
     def responses(self, x: Tensor) -> Tensor:
         """Z = ReLU(V^T X~ U) for a batch (n, d_H, d_W) of directions, flattened to (n, r_V r_U) (r: the probes' count)."""
@@ -100,6 +98,23 @@ class Probes:
         z = z.view(len(z), self.projection.shape[1], -1)
         half = z.shape[1] // 2
         return (z[:, :half] - z[:, half:]).flatten(1)
+
+
+EXACT_SVD_NUMEL = 1 << 24  # numbers in the updates up to which their SVD is exact (a 384 x 384 layer of 100 models)
+
+
+def _top_left(m: Tensor, k: int) -> Tensor:
+    """The top ``k`` left singular vectors of ``m`` (float32), or as many as its numerical rank where that is fewer.
+
+    Exact in float64 up to ``EXACT_SVD_NUMEL`` numbers; above, a randomized SVD (``torch.svd_lowrank``,
+    k + 10 columns, 4 power iterations) in float32, since the exact one of a 4096-row layer of
+    20 models (4096 x 81920) costs minutes per cross-validation fold and its float64 copy 2.7 GB.
+    """
+    if m.numel() <= EXACT_SVD_NUMEL:
+        left, sv, _ = torch.linalg.svd(m.double(), full_matrices=False)
+    else:
+        left, sv, _ = torch.svd_lowrank(m.float(), q=min(k + 10, *m.shape), niter=4)
+    return left[:, : min(k, _rank(sv))].float()
 
 
 def _rank(singular_values: Tensor) -> int:
