@@ -37,7 +37,7 @@ from hubtree.ops.text.search import Hit, rank
 from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, fit_expert
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_options, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run
+from hubtree.pipelines.run_log import begin_run, record_run, request_counts
 from hubtree.pipelines.stats import ModelUnit, StatsSettings, StatsWorker
 
 MIN_LABELLED = 8  # labelled members a family needs for an expert (6 to train, 2 to choose the layer)
@@ -118,16 +118,15 @@ def _unit(repo_id: str, revision: str, hub: str, layers: dict[str, tuple[str, tu
     return ModelUnit(repo_id, revision, hub, dict(files), sum(4 * int(np.prod(s)) for _, s in layers.values()))
 
 
-def _read(pool: WorkerPool, units: list[ModelUnit], fn) -> tuple[dict[str, object], dict[str, str], int]:
-    """``fn`` of each unit's tensors, computed on the actors: (repo -> result, repo -> error, bytes read)."""
-    out, errors, nbytes = {}, {}, 0
-    for unit, result, error, read in pool.map_unordered(lambda actor, u: actor.map_tensors.remote(u, fn), units):
-        nbytes += read
+def _read(pool: WorkerPool, units: list[ModelUnit], fn) -> tuple[dict[str, object], dict[str, str]]:
+    """``fn`` of each unit's tensors, computed on the actors: (repo -> result, repo -> error)."""
+    out, errors = {}, {}
+    for unit, result, error in pool.map_unordered(lambda actor, u: actor.map_tensors.remote(u, fn), units):
         if error:
             errors[unit.repo_id] = error
         else:
             out[unit.repo_id] = result
-    return out, errors, nbytes
+    return out, errors
 
 
 def _stack(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -171,7 +170,7 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
     if missing:
         logger.info("%d labelled repos are not in the lake and are left out (first: %s)", len(missing), missing[0])
     plans = plan_families(the_lake, labels, layers, min_labelled, max_layers)
-    summary = {"run_id": run_id, "status": "completed", "model_id": None, "experts": {}, "skipped": {}, "bytes_fetched": 0}
+    summary = {"run_id": run_id, "status": "completed", "model_id": None, "experts": {}, "skipped": {}}
     for plan in plans:
         if plan.problem and plan.labelled:
             summary["skipped"][plan.family_id] = plan.problem
@@ -180,6 +179,7 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
     settings = ProbexSettings(epochs=epochs)
     arrays: dict[str, np.ndarray] = {}
     seconds = {"read": 0.0, "fit": 0.0}
+    traffic: Counter = Counter()
     if ready:
         by_repo: dict[str, list[Label]] = defaultdict(list)
         for label in labels:
@@ -188,7 +188,6 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
         with actor_pool(_worker(hub), sum(len(p.labelled) for p in ready), ray_address) as pool:
             for plan in ready:
                 fitted, outcome = _fit_family(pool, plan, by_repo, descriptions, settings, min_labelled, seconds)
-                summary["bytes_fetched"] += outcome.pop("bytes_fetched")
                 if fitted is None:
                     summary["skipped"][plan.family_id] = outcome["why"]
                     logger.info("family %d: no expert: %s", plan.family_id, outcome["why"])
@@ -198,6 +197,8 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
                 logger.info("family %d: expert on %s (cross-validated accuracy %.3f over %d layers), %d labels, %d members",
                             plan.family_id, outcome["layer"], outcome["val_accuracy"], len(outcome["layers_tried"]),
                             outcome["labels"], outcome["members"])
+            traffic = pool.traffic()
+    summary["bytes_fetched"] = traffic["bytes"]
     if summary["experts"]:
         model_id = f"{started.strftime('%Y%m%dT%H%M%S')}-{run_id[:8]}"
         known = [[l.repo_id, l.label, l.description or ""] for l in labels if l.repo_id in in_lake]
@@ -210,7 +211,7 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
         summary["path"] = blob["path"]
     summary["seconds"] = seconds
     record_run(the_lake, "probex-fit", run_id, params, started, "completed",
-               {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), "bytes_fetched": summary["bytes_fetched"]})
+               {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
     return summary
 
 
@@ -222,7 +223,7 @@ def _fit_family(pool: WorkerPool, plan: FamilyPlan, by_repo: dict[str, list[Labe
     """
     tic = time.perf_counter()
     wanted = plan.labelled + ([plan.root] if plan.root and plan.root not in plan.labelled else [])
-    read, errors, nbytes = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
+    read, errors = _read(pool, [_unit(r, *plan.members[r], plan.layers) for r in wanted], _stack)
     base = read.pop(plan.root, None) if plan.root not in plan.labelled else read.get(plan.root)
     seconds["read"] += time.perf_counter() - tic
     if errors:
@@ -232,9 +233,9 @@ def _fit_family(pool: WorkerPool, plan: FamilyPlan, by_repo: dict[str, list[Labe
     # A label every labelled member has (or lacks but one) cannot be learned or checked: left out.
     names = sorted(n for n in set().union(*has.values()) if 2 <= sum(n in has[r] for r in repos) <= len(repos) - 2) if repos else []
     if len(repos) < min_labelled:
-        return None, {"why": f"{len(repos)} readable labelled members; an expert needs at least {min_labelled}", "bytes_fetched": nbytes}
+        return None, {"why": f"{len(repos)} readable labelled members; an expert needs at least {min_labelled}"}
     if not names:
-        return None, {"why": "no label is both present and absent in 2+ labelled members", "bytes_fetched": nbytes}
+        return None, {"why": "no label is both present and absent in 2+ labelled members"}
     tic = time.perf_counter()
     y = torch.tensor([[float(n in has[r]) for n in names] for r in repos])
     texts = [label_text(n, descriptions.get(n)) for n in names]
@@ -244,7 +245,7 @@ def _fit_family(pool: WorkerPool, plan: FamilyPlan, by_repo: dict[str, list[Labe
     prefix = f"family{plan.family_id}/"
     arrays = expert.to_arrays(prefix) | {f"{prefix}train_repos": np.array(repos)}
     return arrays, {"layer": expert.layer, "base": plan.root if base else None, "val_accuracy": expert.val_accuracy,
-                    "labels": len(names), "members": len(repos), "layers_tried": scores, "bytes_fetched": nbytes}
+                    "labels": len(names), "members": len(repos), "layers_tried": scores}
 
 
 def _worker(hub: str | None):
@@ -300,28 +301,28 @@ def probex_predict_flow(lake: str, model: str | None = None, hub: str | None = N
         by_family[m["family_id"]].setdefault(m["repo_id"], {"revision": m["revision"], "hub": m["hub"], "layers": {}})["layers"][m["name"]] = (m["file"], tuple(m["shape"]))
     labels_rows, embedding_rows, skipped = [], [], []
     seconds = {"read": 0.0, "predict": 0.0}
-    bytes_fetched = 0
     with actor_pool(_worker(hub), sum(len(v) for v in by_family.values()), ray_address) as pool:
         for fit_family, expert in sorted(fitted.experts.items()):
-            bytes_fetched += _predict_family(pool, fitted, fit_family, expert, by_family, labels_rows, embedding_rows, skipped, seconds)
+            _predict_family(pool, fitted, fit_family, expert, by_family, labels_rows, embedding_rows, skipped, seconds)
+        traffic = pool.traffic()
     the_lake.commit("probex", run_id, {"model_labels": labels_rows, "probex_embeddings": embedding_rows}, day=started.date())
     record_run(the_lake, "probex", run_id, params, started, "completed",
-               {"repos_crawled": len(embedding_rows), "repos_skipped": len(skipped), "bytes_fetched": bytes_fetched})
+               {"repos_crawled": len(embedding_rows), "repos_skipped": len(skipped), "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
     if skipped:
         logger.info("%d models skipped: the expert's layer is missing, of another shape, or unreadable (first: %s)", len(skipped), skipped[0])
     return {"run_id": run_id, "status": "completed", "model_id": fitted.model_id, "models": len(embedding_rows),
-            "labels": len(labels_rows), "skipped": skipped, "seconds": seconds, "bytes_fetched": bytes_fetched}
+            "labels": len(labels_rows), "skipped": skipped, "seconds": seconds, "bytes_fetched": traffic["bytes"]}
 
 
 def _predict_family(pool: WorkerPool, fitted: ProbexModel, fit_family: int, expert: ProbexExpert, by_family: dict,
-                    labels_rows: list, embedding_rows: list, skipped: list, seconds: dict) -> int:
-    """Read the expert's layer of every member of its family, score and embed them; returns bytes read."""
+                    labels_rows: list, embedding_rows: list, skipped: list, seconds: dict) -> None:
+    """Read the expert's layer of every member of its family, score and embed them (into the row lists)."""
     logger = get_run_logger()
     # Family ids are renumbered by each trees run: the expert's family is where its training models are now.
     homes = Counter(f for f, repos in by_family.items() for r in fitted.train[fit_family] if r in repos)
     if not homes:
         logger.info("expert of family %d: none of its training models is in a family now; skipped", fit_family)
-        return 0
+        return
     family_id = homes.most_common(1)[0][0]
     units = []
     for repo_id, m in sorted(by_family[family_id].items()):
@@ -333,11 +334,11 @@ def _predict_family(pool: WorkerPool, fitted: ProbexModel, fit_family: int, expe
     tic = time.perf_counter()
     prefix = f"family{fit_family}/"
     arrays = ray.put({k: v for k, v in fitted.arrays.items() if k.startswith(prefix)})  # once, not with every task
-    z, errors, nbytes = _read(pool, units, partial(_responses, arrays, prefix))
+    z, errors = _read(pool, units, partial(_responses, arrays, prefix))
     seconds["read"] += time.perf_counter() - tic
     skipped += sorted(errors)
     if not z:
-        return nbytes
+        return
     tic = time.perf_counter()
     repos = sorted(z)
     scores, reps = expert.predict(torch.stack([z[r] for r in repos]))
@@ -347,7 +348,6 @@ def _predict_family(pool: WorkerPool, fitted: ProbexModel, fit_family: int, expe
         key = {"repo_id": repo_id, "revision": revision[repo_id], "family_id": family_id, "expert": fitted.model_id}
         labels_rows += [{**key, "label": label, "score": float(s)} for label, s in zip(expert.labels, scores[i].tolist())]
         embedding_rows.append({**key, "layer": expert.layer, "embedding": reps[i].tolist()})
-    return nbytes
 
 
 # ----------------------------------------------------------------------------- search

@@ -126,13 +126,13 @@ class StatsWorker:
     def traffic(self) -> dict[str, int]:
         return self.hubs.traffic()
 
-    def map_tensors(self, unit: ModelUnit, fn: Callable[[dict[str, torch.Tensor]], object]) -> tuple[ModelUnit, object, str | None, int]:
-        """``fn`` of the unit's tensors (float32, read by range): (unit, result, error or None, bytes read).
+    def map_tensors(self, unit: ModelUnit, fn: Callable[[dict[str, torch.Tensor]], object]) -> tuple[ModelUnit, object, str | None]:
+        """``fn`` of the unit's tensors (float32, read by range): (unit, result, error or None); what it read, in ``traffic()``.
 
         Other stages (ProbeX) read chosen layers here and send back only what ``fn`` makes of them.
         """
         ref = RepoRef(unit.repo_id, unit.revision)
-        tensors, nbytes = {}, 0
+        tensors = {}
         try:
             source = self.hubs.get(self.hub_override or unit.hub)
             for file, names in unit.files.items():
@@ -140,10 +140,10 @@ class StatsWorker:
                 try:
                     tensors |= {name: as_float_tensor(a) for name, a in read_blocks(handle, entries_for(handle, names, file), {}).items()}
                 finally:
-                    nbytes += handle.bytes_read
-            return unit, fn(tensors), None, nbytes
+                    self.hubs.bytes_read += handle.bytes_read
+            return unit, fn(tensors), None
         except HubtreeError as err:
-            return unit, None, f"{type(err).__name__}: {err}", nbytes
+            return unit, None, f"{type(err).__name__}: {err}"
 
     def _rows(self, file: str, entries: dict, tensors: dict[str, torch.Tensor], out: UnitResult) -> None:
         s = self.settings

@@ -47,6 +47,12 @@ def test_fit_from_cards_then_predict_scores_every_member_on_every_label(labelled
     assert sum(correct) / len(correct) >= 0.8  # it learned its training labels
     embeddings = Lake(lake).query("SELECT repo_id, layer, embedding FROM probex_embeddings").to_pylist()
     assert len(embeddings) == len(truth.models) and all(r["layer"] == expert["layer"] for r in embeddings)
+    # What each run read lands in crawl_runs: predict reads the expert's one layer of every member, fit more.
+    runs = {r["flow"]: r for r in Lake(lake).query(
+        "SELECT flow, bytes_fetched, requests FROM crawl_runs WHERE flow LIKE 'probex%' AND status = 'completed'").to_pylist()}
+    layer_bytes = Lake(lake).query("SELECT sum(data_end - data_begin) AS n FROM tensors WHERE name = ?", [expert["layer"]]).to_pylist()[0]["n"]
+    assert runs["probex"]["bytes_fetched"] >= layer_bytes and runs["probex-fit"]["bytes_fetched"] > runs["probex"]["bytes_fetched"]
+    assert fit["bytes_fetched"] == runs["probex-fit"]["bytes_fetched"] and predicted["bytes_fetched"] == runs["probex"]["bytes_fetched"]
 
 
 def test_search_by_a_paraphrase_finds_models_trained_on_that_dataset(labelled):
