@@ -40,7 +40,7 @@ from hubtree.ops.lora.groups import DetuneUnit, GroupCheck, GroupPlan, LayerResu
 from hubtree.ops.weights.row_sample import RowSample, read_blocks
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, FLOAT_STORAGE, as_float_tensor, entries_for
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status, traffic_columns
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -50,18 +50,15 @@ def read_layers(
 ) -> dict[str, torch.Tensor]:
     """The named tensors of ``loc`` (only their sampled ``rows`` where given), by range, each file's header
     read again and checked (float32)."""
-    source, ref = hubs.get(hub_override or loc.hub), RepoRef(loc.repo_id, loc.revision)
+    ref = RepoRef(loc.repo_id, loc.revision)
     by_file: dict[str, list[str]] = defaultdict(list)
     for name in names:
         by_file[loc.files[name]].append(name)
     out = {}
     for file, wanted in by_file.items():
-        handle = source.open_file(ref, file)
-        try:
+        with hubs.open_file(hub_override or loc.hub, ref, file) as handle:
             blocks = read_blocks(handle, entries_for(handle, wanted, f"{loc.repo_id}/{file}"), rows)
-            out |= {name: as_float_tensor(block) for name, block in blocks.items()}
-        finally:
-            hubs.bytes_read += handle.bytes_read
+        out |= {name: as_float_tensor(block) for name, block in blocks.items()}
     return out
 
 
@@ -158,7 +155,7 @@ def lora_flow(
     the_lake.commit("lora", run_id, {"lora_recoveries": rows, "blobs": blobs}, day=started.date())
     record_run(the_lake, "lora", run_id, params, started, summary["status"],
                {"repos_crawled": summary["recovered"], "repos_skipped": summary["low"], "repos_failed": summary["failed"],
-                "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
+                **traffic_columns(traffic)})
     logger.info("lora %s: %d groups, %d bases recovered (%d layers), %d low-confidence, %d failed", run_id,
                 summary["groups"], summary["recovered"], summary["layers"], summary["low"], summary["failed"])
     return summary
@@ -315,7 +312,7 @@ def dsire_fit_flow(lake: str, labels_csv: str, hub: str | None = None) -> dict:
     blob = the_lake.write_blob("dsire", model_id, run_id, buf.getvalue(), ".npz")
     the_lake.commit("dsire-fit", run_id, {"blobs": [blob]}, day=started.date())
     record_run(the_lake, "dsire-fit", run_id, params, started, "completed",
-               {"repos_crawled": len(train), "bytes_fetched": found.traffic["bytes"], **request_counts(found.traffic)})
+               {"repos_crawled": len(train), **traffic_columns(found.traffic)})
     logger.info("dsire model %s fitted on %d adapters", model_id, len(train))
     return {"run_id": run_id, "status": "completed", "model_id": model_id, "n_train": len(train), "path": blob["path"]}
 
@@ -354,7 +351,7 @@ def dsire_predict_flow(lake: str, model: str | None = None, hub: str | None = No
     status = run_status(len(found.failed), len(found.failed) + len(rows) + len(skipped))
     record_run(the_lake, "dsire", run_id, params, started, status,
                {"repos_crawled": len(rows), "repos_skipped": len(skipped), "repos_failed": len(found.failed),
-                "bytes_fetched": found.traffic["bytes"], **request_counts(found.traffic)})
+                **traffic_columns(found.traffic)})
     if skipped:
         logger.info("%d adapters skipped: another base or LoRA config than model %s (first: %s)", len(skipped), model_id, skipped[0])
     if found.failed:

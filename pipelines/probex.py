@@ -37,7 +37,7 @@ from hubtree.ops.text.search import Hit, rank
 from hubtree.ops.weights.probex import ProbexExpert, ProbexSettings, fit_expert
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES
 from hubtree.pipelines.ray_runtime import WorkerPool, actor_options, actor_pool
-from hubtree.pipelines.run_log import begin_run, record_run, request_counts
+from hubtree.pipelines.run_log import begin_run, record_run, traffic_columns
 from hubtree.pipelines.stats import ModelUnit, StatsSettings, StatsWorker
 
 MIN_LABELLED = 8  # labelled members a family needs for an expert (6 to train, 2 to choose the layer)
@@ -211,7 +211,7 @@ def probex_fit_flow(lake: str, labels_csv: str | None = None, hub: str | None = 
         summary["path"] = blob["path"]
     summary["seconds"] = seconds
     record_run(the_lake, "probex-fit", run_id, params, started, "completed",
-               {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
+               {"repos_crawled": sum(e["members"] for e in summary["experts"].values()), **traffic_columns(traffic)})
     return summary
 
 
@@ -307,7 +307,7 @@ def probex_predict_flow(lake: str, model: str | None = None, hub: str | None = N
         traffic = pool.traffic()
     the_lake.commit("probex", run_id, {"model_labels": labels_rows, "probex_embeddings": embedding_rows}, day=started.date())
     record_run(the_lake, "probex", run_id, params, started, "completed",
-               {"repos_crawled": len(embedding_rows), "repos_skipped": len(skipped), "bytes_fetched": traffic["bytes"], **request_counts(traffic)})
+               {"repos_crawled": len(embedding_rows), "repos_skipped": len(skipped), **traffic_columns(traffic)})
     if skipped:
         logger.info("%d models skipped: the expert's layer is missing, of another shape, or unreadable (first: %s)", len(skipped), skipped[0])
     return {"run_id": run_id, "status": "completed", "model_id": fitted.model_id, "models": len(embedding_rows),

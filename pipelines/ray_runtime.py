@@ -17,7 +17,8 @@ import torch
 from ray.util import ActorPool
 
 from hubtree.ops.hub.connect import open_hub
-from hubtree.ops.hub.source import HubSource
+from hubtree.ops.hub.source import HubSource, RepoRef
+from hubtree.ops.weights.safetensors_reader import ByteSource
 
 # Small enough for a laptop or CI runner; catalogs and statistics are tiny objects.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -102,7 +103,7 @@ def actor_pool(make: Callable[[int], Any], tasks: int, ray_address: str | None =
 class HubConnections:
     """One connection per hub URL, opened on first use and kept (an actor reads many repos of few hubs).
 
-    ``bytes_read``: file bytes its users read through it, a folder hub's too (they add each file's ``bytes_read``).
+    ``bytes_read``: file bytes read from the files opened with ``open_file``, a folder hub's too.
     """
 
     def __init__(self) -> None:
@@ -113,6 +114,15 @@ class HubConnections:
         if url not in self._hubs:
             self._hubs[url] = open_hub(url)  # inside Ray, its request budget is the hub's one shared budget
         return self._hubs[url]
+
+    @contextmanager
+    def open_file(self, url: str, ref: RepoRef, path: str) -> Iterator[ByteSource]:
+        """A file of the hub at ``url``, whose bytes read join ``bytes_read`` when the block ends, also when it raises."""
+        handle = self.get(url).open_file(ref, path)
+        try:
+            yield handle
+        finally:
+            self.bytes_read += handle.bytes_read
 
     def traffic(self) -> Counter:
         """Requests sent by bucket over every connection (``source_traffic``), and ``bytes``: ``bytes_read``."""

@@ -52,6 +52,11 @@ def request_counts(traffic: Mapping[str, int]) -> dict[str, int]:
     return {"requests": sum(buckets.values()), **buckets}
 
 
+def traffic_columns(traffic: Mapping[str, int]) -> dict[str, int]:
+    """``crawl_runs``' request columns and ``bytes_fetched`` from a run's traffic (``WorkerPool.traffic``)."""
+    return {"bytes_fetched": traffic.get("bytes", 0), **request_counts(traffic)}
+
+
 def run_status(failed: int, total: int) -> str:
     """``completed``, ``partial`` (some of ``total`` units failed) or ``failed`` (all of them)."""
     if failed and failed >= total:

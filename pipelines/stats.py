@@ -41,7 +41,7 @@ from hubtree.ops.weights.row_sample import DEFAULT_BUDGET, RowSample, plan_sampl
 from hubtree.ops.weights.safetensors_reader import FLOAT_DTYPES, as_float_tensor, entries_for
 from hubtree.ops.weights.sketch import sketch
 from hubtree.pipelines.ray_runtime import HubConnections, WorkerPool, actor_device, actor_options, actor_pool
-from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, request_counts, run_status
+from hubtree.pipelines.run_log import FAILURE_HOOKS, begin_run, record_run, run_status, traffic_columns
 
 STATS_TABLES = ("layer_stats", "layer_sketches", "probe_features")  # what the stage writes per tensor
 # Tensors of one unit are decoded and handled in chunks of at most this many bytes (float32).
@@ -104,23 +104,20 @@ class StatsWorker:
     def process(self, unit: ModelUnit) -> UnitResult:
         result = UnitResult(unit)
         ref = RepoRef(unit.repo_id, unit.revision)
+        url = self.hub_override or unit.hub
         try:
-            source = self.hubs.get(self.hub_override or unit.hub)
+            self.hubs.get(url)
         except HubtreeError as err:
             result.errors.append(CrawlError.of(err, ref, "stats"))
             return result
         for file, names in unit.files.items():
-            handle = None
             try:
-                handle = source.open_file(ref, file)
-                for chunk in _chunks(entries_for(handle, names, file)):
-                    tensors = {name: as_float_tensor(a) for name, a in read_blocks(handle, chunk, unit.samples).items()}
-                    self._rows(file, {e.name: e for e in chunk}, tensors, result)
+                with self.hubs.open_file(url, ref, file) as handle:
+                    for chunk in _chunks(entries_for(handle, names, file)):
+                        tensors = {name: as_float_tensor(a) for name, a in read_blocks(handle, chunk, unit.samples).items()}
+                        self._rows(file, {e.name: e for e in chunk}, tensors, result)
             except HubtreeError as err:
                 result.errors.append(CrawlError.of(err, ref, "stats", file))
-            finally:
-                if handle is not None:
-                    self.hubs.bytes_read += handle.bytes_read
         return result
 
     def traffic(self) -> dict[str, int]:
@@ -134,13 +131,9 @@ class StatsWorker:
         ref = RepoRef(unit.repo_id, unit.revision)
         tensors = {}
         try:
-            source = self.hubs.get(self.hub_override or unit.hub)
             for file, names in unit.files.items():
-                handle = source.open_file(ref, file)
-                try:
+                with self.hubs.open_file(self.hub_override or unit.hub, ref, file) as handle:
                     tensors |= {name: as_float_tensor(a) for name, a in read_blocks(handle, entries_for(handle, names, file), {}).items()}
-                finally:
-                    self.hubs.bytes_read += handle.bytes_read
             return unit, fn(tensors), None
         except HubtreeError as err:
             return unit, None, f"{type(err).__name__}: {err}"
@@ -340,10 +333,9 @@ def stats_flow(
         summary["copied_files"] = len(copied) - len(missing)
         read([as_unit(c) for c in missing])
     summary["status"] = run_status(summary["failed"], summary["models"])
-    traffic = summary.pop("traffic")
-    summary |= {"bytes_fetched": traffic["bytes"], **request_counts(traffic)}
+    columns = traffic_columns(summary.pop("traffic"))
+    summary |= columns
     record_run(the_lake, "stats", run_id, params, started, summary["status"],
-               {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"],
-                **{k: summary[k] for k in ("bytes_fetched", "requests", "api_calls", "resolves", "cdn_requests")}})
+               {"repos_crawled": summary["models"] - summary["failed"], "repos_failed": summary["failed"], **columns})
     logger.info("stats %s: %d tensors of %d models, %d models with errors", run_id, summary["tensors"], summary["models"], summary["failed"])
     return summary
