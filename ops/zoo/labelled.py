@@ -114,6 +114,14 @@ class LabelledSpec:
     documented_fraction: float = 0.5  # of fine-tunes whose card names its datasets
 
     @classmethod
+    def wide(cls) -> LabelledSpec:
+        """Layers wider than the probes: 256 and 192 hidden units, so every projection has more
+        directions than ProbeX's 64 x 128 responses hold, as on real models (d = 4096); the
+        benchmark's check that truncated probes still read what fine-tunes learned."""
+        return cls(archs=(TinyConfig(hidden_size=256, intermediate_size=512),
+                          TinyConfig(hidden_size=192, num_hidden_layers=3, intermediate_size=384)))
+
+    @classmethod
     def tiny(cls) -> LabelledSpec:
         """The same shape in seconds, for tests: one family of 16 fine-tunes on 3 datasets."""
         small = TinyConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
