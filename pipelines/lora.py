@@ -88,6 +88,7 @@ class LoraWorker:
         self.hub_override = hub_override
         self.device = actor_device()
         self.hubs = HubConnections()
+        self.probes = groups.ProbeCache()  # for this run: the pool lives as long as the flow
 
     def _read(self, loc: RepoLoc, names: list[str], rows: Mapping[str, RowSample]) -> dict[str, torch.Tensor]:
         return read_layers(self.hubs, loc, names, rows, self.hub_override)
@@ -96,7 +97,7 @@ class LoraWorker:
         return self.hubs.traffic()
 
     def check(self, plan: GroupPlan) -> GroupCheck:
-        return groups.check_group(plan, self._read)
+        return groups.check_group(plan, self._read, self.probes)
 
     def detune(self, unit: DetuneUnit) -> list[LayerResult]:
         return groups.detune(unit, self._read, self.device)

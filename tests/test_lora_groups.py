@@ -1,10 +1,14 @@
 """Attack-set planning and checking, on rows and tensors alone (no lake, no hub, no Ray)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from hubtree.ops.lora.attack_sets import SAMPLE_ROWS
-from hubtree.ops.lora.groups import GroupPlan, RepoLoc, check_group, detune, detune_units, one_architecture, plan_groups
+from hubtree.ops.lora.groups import (
+    GroupPlan, ProbeCache, RepoLoc, check_group, detune, detune_units, one_architecture, plan_groups,
+)
 
 
 def _repo(repo_id: str) -> dict:
@@ -81,8 +85,70 @@ def test_tall_layers_are_checked_on_a_sample_of_their_rows_and_detuned_whole():
     check = check_group(plan, read)
     assert check.problem is None and check.layers == {"q": 2, "v": 2}
     assert sorted(m.repo_id for m in check.members) == [f"org/m{i}" for i in range(4)]  # org/full left out
-    assert set(rows_read) == {SAMPLE_ROWS} and len(rows_read) == 2 * 5
+    assert set(rows_read) == {SAMPLE_ROWS} and len(rows_read) == 2 * 4 + 1  # org/full: its probe layer only
     rows_read.clear()
     (unit,) = detune_units(check, iterations=50)
     assert all(r.weights.shape == (600, 40) for r in detune(unit, read, torch.device("cpu")))
     assert set(rows_read) == {600}
+
+
+def _lora_zoo() -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, RepoLoc], dict[str, tuple]]:
+    """Four rank-2 LoRA merges of one base on q and v (o untouched), a model of another base and a full fine-tune."""
+    torch.manual_seed(2)
+    shapes = {"q": (16, 16), "v": (16, 16), "o": (8, 16)}
+    base = {n: torch.randn(*s) for n, s in shapes.items()}
+    lora = {n: (lambda: 0.1 * torch.randn(16, 2) @ torch.randn(2, 16)) if n != "o" else (lambda: 0) for n in shapes}
+    weights = {f"org/m{i}": {n: w + lora[n]() for n, w in base.items()} for i in range(4)}
+    weights["other/base"] = {n: torch.randn(*s) for n, s in shapes.items()}
+    weights["org/full"] = {n: w + 0.1 * torch.randn(*w.shape) for n, w in base.items()}
+    locs = {r: RepoLoc(r, "r1", "/hub", dict.fromkeys(shapes, "f"), dict.fromkeys(shapes, "F32")) for r in weights}
+    return weights, locs, shapes
+
+
+def test_candidates_are_read_at_one_probe_layer_unless_they_join():
+    """A candidate ruled out by its probe layer is read nowhere else: at a targeted layer when the declared
+    members found some, else at the smallest layer; one that joins is read at every layer, once."""
+    weights, locs, shapes = _lora_zoo()
+    reads: Counter = Counter()
+
+    def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
+        reads.update((loc.repo_id, n) for n in names)
+        return {n: weights[loc.repo_id][n] for n in names}
+
+    outsiders = [locs["other/base"], locs["org/full"]]
+    plan = GroupPlan("hidden/base", [locs[f"org/m{i}"] for i in range(3)], [locs["org/m3"], *outsiders], list(shapes), shapes, None)
+    check = check_group(plan, read)
+    assert check.problem is None and check.layers == {"q": 2, "v": 2}
+    assert sorted(m.repo_id for m in check.members) == [f"org/m{i}" for i in range(4)]
+    every_layer = {(f"org/m{i}", n): 1 for i in range(4) for n in shapes}
+    assert reads == Counter(every_layer | {("other/base", "q"): 1, ("org/full", "q"): 1})  # q: the first targeted layer
+
+    reads.clear()
+    one = GroupPlan("hidden/base", [locs["org/m0"]], [locs["org/m1"], locs["org/m2"], *outsiders], list(shapes), shapes, None)
+    check = check_group(one, read)
+    assert check.problem is None and sorted(m.repo_id for m in check.members) == ["org/m0", "org/m1", "org/m2"]
+    every_layer = {(f"org/m{i}", n): 1 for i in range(3) for n in shapes}
+    assert reads == Counter(every_layer | {("other/base", "o"): 1, ("org/full", "o"): 1})  # o: the smallest layer
+
+
+def test_groups_checked_on_one_worker_read_a_candidates_probe_layer_once():
+    weights, locs, shapes = _lora_zoo()
+    reads: Counter = Counter()
+
+    def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
+        reads.update((loc.repo_id, n) for n in names)
+        return {n: weights[loc.repo_id][n] for n in names}
+
+    candidates = [locs[r] for r in ("org/m1", "org/m2", "other/base", "org/full")]
+    probes = ProbeCache()
+    first = check_group(GroupPlan("hidden/base", [locs["org/m0"]], candidates, list(shapes), shapes, None), read, probes)
+    reads.clear()
+    second = check_group(GroupPlan("other/parent", [locs["other/base"]], candidates[:2] + candidates[3:], list(shapes), shapes, None),
+                         read, probes)
+    assert len(first.members) == 3 and [m.repo_id for m in second.members] == ["other/base"]
+    assert reads == Counter({("other/base", n): 1 for n in shapes})  # its own declared member only: every candidate is ruled out at o, kept
+    assert probes.bytes == 4 * weights["org/m0"]["o"].nbytes
+
+    small = ProbeCache(max_bytes=2 * weights["org/m0"]["o"].nbytes)
+    check_group(GroupPlan("hidden/base", [locs["org/m0"]], candidates, list(shapes), shapes, None), read, small)
+    assert small.bytes == 2 * weights["org/m0"]["o"].nbytes  # the two read last

@@ -7,12 +7,13 @@ low rank in every candidate layer (a LoRA merge whose card says nothing). ``chec
 asks ``check_attack_set`` which members are LoRA merges of one base, which layers were
 targeted and at what rank; ``detune_units`` batches same-shape layers of one rank for
 ``spectral_detuning_batch`` (``detune``). Weights come through a ``read`` callable, so
-these functions do no I/O of their own.
+these functions do no I/O of their own; ``ProbeCache`` keeps the one layer each undeclared
+candidate is first tested on, so the groups a worker checks read it once.
 """
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,12 +21,13 @@ from functools import partial
 import torch
 
 from hubtree.errors import HubtreeError
-from hubtree.ops.lora.attack_sets import MIN_MERGES, SAMPLE_ROWS, check_attack_set
+from hubtree.ops.lora.attack_sets import MIN_MERGES, SAMPLE_ROWS, AttackSet, check_attack_set
 from hubtree.ops.lora.spectral_detuning import spectral_detuning_batch, w_error
 from hubtree.ops.weights.row_sample import RowSample, sample_rows
 from hubtree.ops.weights.safetensors_reader import FLOAT_STORAGE
 
 MAX_CANDIDATES = 64  # undeclared repos tried per group (each costs one pairwise rank test per layer)
+PROBE_CACHE_BYTES = 512 * 1024 * 1024  # a worker's probe layers kept (float32): 64 candidates' q_proj samples of a 7B take 277 MB
 UNIT_BYTES = 256 * 1024 * 1024  # float64 stack of one detuning unit: (L, n, m, d) * 8 bytes
 
 
@@ -166,14 +168,16 @@ def one_architecture(children: list[str], shapes: Mapping[str, Mapping[str, tupl
 # ----------------------------------------------------------------------------- check and detune
 
 
-def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
+def check_group(plan: GroupPlan, read: Read, probes: ProbeCache | None = None) -> GroupCheck:
     """Which declared members and undeclared candidates are LoRA merges of one base, and where.
 
     The declared members are checked together (their reference is the first member the
     check keeps); each candidate is then paired with that reference and joins when the pair
-    differs at low rank in some layer; the whole set is checked once more. Every model is
-    read at the same ``SAMPLE_ROWS`` rows of each layer, which settle the ranks
-    (``attack_sets.classify_layers``): only the layers detuned later are read whole.
+    differs at low rank in every layer and is not a copy (``_joins``); the whole set is
+    checked once more. Every model is read at the same ``SAMPLE_ROWS`` rows of each layer,
+    which settle the ranks (``attack_sets.classify_layers``): only the layers detuned later
+    are read whole. A candidate is read at one layer first (``probe_layer``), through
+    ``probes`` where given, and at the others only if that layer does not rule it out.
     """
     out = GroupCheck(plan)
     names = plan.layers
@@ -186,14 +190,17 @@ def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
         weights = {loc.repo_id: read(loc, names, rows) for loc in plan.members}
         declared = [loc.repo_id for loc in plan.members]
         eps = storage_eps(plan.members, names)
-        ref = declared[0]
+        ref, targeted = declared[0], {}
         if len(declared) >= 2:
-            ref = check(weights, eps=eps).members[0]
+            found = check(weights, eps=eps)
+            ref, targeted = found.members[0], found.layers
+        probe = probe_layer(plan, targeted)
+        first_read = partial(probes.read, read) if probes else read
         joined = []
         for cand in plan.candidates:
-            w = read(cand, names, rows)
-            pair = check({ref: weights[ref], cand.repo_id: w}, eps=max(eps, storage_eps([cand], names)))
-            if len(pair.members) == 2 and pair.layers:
+            pair = partial(check, eps=max(eps, storage_eps([cand], names)))
+            w = _joins(ref, weights[ref], cand, probe, rows, first_read, read, pair)
+            if w is not None:
                 weights[cand.repo_id] = w
                 joined.append(cand)
         locs = {loc.repo_id: loc for loc in [*plan.members, *joined]}
@@ -216,6 +223,75 @@ def check_group(plan: GroupPlan, read: Read) -> GroupCheck:
     if found.problems:
         out.problem = "low: " + " ".join(reasons)
     return out
+
+
+def probe_layer(plan: GroupPlan, targeted: Mapping[str, int]) -> str:
+    """The layer a candidate is tested on first: the smallest sample of a ``targeted`` layer, or of any layer.
+
+    A candidate joins only if it differs from the reference at low rank in *every* layer, so
+    one layer at full rank rules it out, and a model of another base (most candidates: on
+    the Hub they are the undeclared models of one architecture) differs at full rank in
+    every layer it was trained in. The layers the declared members' LoRA targeted are where
+    a same-base model that is no low-rank merge shows it too (a high-rank or full fine-tune
+    of the same matrices). Without them (one declared member, or members that are copies or
+    of other bases) the smallest layer decides as well, and it is the same one for every
+    group of this architecture, so ``ProbeCache`` serves it to all of them (ties go to the
+    first name, for the same reason). Testing one layer and then the rest, not all at once,
+    costs a joining candidate one more request and saves a ruled-out one all its other layers.
+    """
+    pool = sorted(targeted) or plan.layers
+    return min(pool, key=lambda name: (min(plan.shapes[name][0], SAMPLE_ROWS) * plan.shapes[name][1], name))
+
+
+def _joins(
+    ref_id: str, ref: Mapping[str, torch.Tensor], cand: RepoLoc, probe: str, rows: Mapping[str, RowSample],
+    first_read: Read, read: Read, check: Callable[..., AttackSet],
+) -> dict[str, torch.Tensor] | None:
+    """Candidate ``cand``'s sampled layers if it is a LoRA merge of reference ``ref_id``'s base, else None.
+
+    The pair joins when ``check`` keeps both (every layer at rank <= ``low_rank_limit``) and
+    finds a targeted layer (not a copy). A full-rank ``probe`` layer already fails the first
+    condition, so the candidate's other layers are read only when the probe does not rule it
+    out, and the verdict is the one a check on all layers gives.
+    """
+    first = first_read(cand, [probe], rows)
+    if len(check({ref_id: {probe: ref[probe]}, cand.repo_id: first}).members) < 2:
+        return None
+    rest = read(cand, [name for name in ref if name != probe], rows)
+    w = {name: first[name] if name == probe else rest[name] for name in ref}
+    pair = check({ref_id: ref, cand.repo_id: w})
+    return w if len(pair.members) == 2 and pair.layers else None
+
+
+class ProbeCache:
+    """Candidates' probe layers this worker has read, by (hub, repo_id, revision, layer, rows), within ``max_bytes``.
+
+    Groups of one architecture try the same undeclared candidates (the first ``MAX_CANDIDATES``
+    in id order), mostly at the same probe layer (``probe_layer``), so without it a run reads
+    each candidate once per group; with it, about once per worker. Only probe layers are kept
+    (one small sample per candidate, not whole models), the least recently used leaving first.
+    A cache per worker, rather than one task per architecture, keeps every group its own Ray
+    task, so a big architecture's groups still spread over the pool.
+    """
+
+    def __init__(self, max_bytes: int = PROBE_CACHE_BYTES):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._layers: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def read(self, read: Read, loc: RepoLoc, names: list[str], rows: Mapping[str, RowSample]) -> dict[str, torch.Tensor]:
+        keys = {name: (loc.hub, loc.repo_id, loc.revision, name, rows.get(name)) for name in names}
+        missing = [name for name, key in keys.items() if key not in self._layers]
+        got = read(loc, missing, rows) if missing else {}
+        for name in missing:
+            self._layers[keys[name]] = got[name]
+            self.bytes += got[name].nbytes
+        out = {}
+        for name, key in keys.items():
+            self._layers.move_to_end(key)
+            out[name] = self._layers[key]
+        while self.bytes > self.max_bytes and len(self._layers) > 1:
+            self.bytes -= self._layers.popitem(last=False)[1].nbytes
+        return out
 
 
 def detune_units(check: GroupCheck, iterations: int) -> list[DetuneUnit]:
