@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 
@@ -105,16 +106,22 @@ def _lora_zoo() -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, RepoLoc],
     return weights, locs, shapes
 
 
-def test_candidates_are_read_at_one_probe_layer_unless_they_join():
-    """A candidate ruled out by its probe layer is read nowhere else: at a targeted layer when the declared
-    members found some, else at the smallest layer; one that joins is read at every layer, once."""
-    weights, locs, shapes = _lora_zoo()
+def _counted(weights: dict[str, dict[str, torch.Tensor]]) -> tuple[Counter, Callable]:
+    """A ``read`` of ``weights`` that counts each (repo, layer) it is asked for."""
     reads: Counter = Counter()
 
     def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
         reads.update((loc.repo_id, n) for n in names)
         return {n: weights[loc.repo_id][n] for n in names}
 
+    return reads, read
+
+
+def test_candidates_are_read_at_one_probe_layer_unless_they_join():
+    """A candidate ruled out by its probe layer is read nowhere else: at a targeted layer when the declared
+    members found some, else at the smallest layer; one that joins is read at every layer, once."""
+    weights, locs, shapes = _lora_zoo()
+    reads, read = _counted(weights)
     outsiders = [locs["other/base"], locs["org/full"]]
     plan = GroupPlan("hidden/base", [locs[f"org/m{i}"] for i in range(3)], [locs["org/m3"], *outsiders], list(shapes), shapes, None)
     check = check_group(plan, read)
@@ -132,13 +139,10 @@ def test_candidates_are_read_at_one_probe_layer_unless_they_join():
 
 
 def test_groups_checked_on_one_worker_read_a_candidates_probe_layer_once():
+    """Two groups of one architecture try the same candidates: the second reads none of them again, and the
+    cache keeps the probe layers read last within its bytes."""
     weights, locs, shapes = _lora_zoo()
-    reads: Counter = Counter()
-
-    def read(loc: RepoLoc, names: list[str], rows) -> dict[str, torch.Tensor]:
-        reads.update((loc.repo_id, n) for n in names)
-        return {n: weights[loc.repo_id][n] for n in names}
-
+    reads, read = _counted(weights)
     candidates = [locs[r] for r in ("org/m1", "org/m2", "other/base", "org/full")]
     probes = ProbeCache()
     first = check_group(GroupPlan("hidden/base", [locs["org/m0"]], candidates, list(shapes), shapes, None), read, probes)
