@@ -67,6 +67,12 @@ def hub_dir(tmp_path_factory):
         save_file(tensors, str(sharded / name))
     weight_map = {tensor: name for name, tensors in shards.items() for tensor in tensors}
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    pipeline = root / "sd" / "pipe"  # diffusers' layout: weights in sub-folders, no config.json at the top
+    for part, seed in (("unet", 6), ("text_encoder", 7)):
+        (pipeline / part).mkdir(parents=True)
+        save_file(tiny_weights(seed), str(pipeline / part / ("diffusion_pytorch_model.safetensors" if part == "unet" else "model.safetensors")))
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (pipeline / "README.md").write_text("---\nlicense: openrail\nlibrary_name: diffusers\n---\n")
     return root
 
 
@@ -102,23 +108,23 @@ def test_a_crawl_through_hf_endpoint_gives_the_folders_rows(http_lake, folder_la
     for name in SAME:
         assert table(lake, name) == table(folder_lake, name), name
     sha256 = Lake(lake).query(f"SELECT repo_id, path, sha256 FROM files WHERE kind = 'weights' AND repo_id != '{GATED_REPO}'").to_pylist()
-    assert len(sha256) == 10 and all(f["sha256"] == hashlib.sha256((hub_dir / f["repo_id"] / f["path"]).read_bytes()).hexdigest() for f in sha256)
+    assert len(sha256) == 12 and all(f["sha256"] == hashlib.sha256((hub_dir / f["repo_id"] / f["path"]).read_bytes()).hexdigest() for f in sha256)
     errors = Lake(lake).query("SELECT DISTINCT repo_id, error_class FROM crawl_errors").to_pylist()
     assert errors == [{"repo_id": GATED_REPO, "error_class": "GatedRepoError"}]  # the Hub's 401 GatedRepo
     revisions = Lake(lake).query("SELECT repo_id, revision FROM repos").to_pylist()
-    assert len(revisions) == 10 and all(len(r["revision"]) == 40 for r in revisions)  # the commit sha the listing gave
+    assert len(revisions) == 11 and all(len(r["revision"]) == 40 for r in revisions)  # the commit sha the listing gave
 
 
 def test_crawl_runs_counts_what_the_hub_saw_and_a_recrawl_costs_the_listing(http_lake, emulator):
     lake, logged = http_lake
     run = last_run(lake, "crawl")
     assert {k: run[k] for k in logged} == logged
-    # 10 repos in pages of 2: 5 listing pages and nothing else of the API; one resolve per weights file (11) and
+    # 11 repos in pages of 2: 6 listing pages and nothing else of the API; one resolve per weights file (13) and
     # the adapter's config; the header of each readable weights file (all but the gated one) in one ranged CDN request.
-    assert (logged["api_calls"], logged["resolves"], logged["cdn_requests"]) == (5, 12, 10)
+    assert (logged["api_calls"], logged["resolves"], logged["cdn_requests"]) == (6, 14, 12)
     emulator.clear()
     again = crawl_flow(hub=emulator.url, lake=lake, progress=False)
-    assert again["repos_crawled"] == 0 and seen(emulator) == {"api_calls": 5, "resolves": 0, "cdn_requests": 0, "bytes_fetched": 0}
+    assert again["repos_crawled"] == 0 and seen(emulator) == {"api_calls": 6, "resolves": 0, "cdn_requests": 0, "bytes_fetched": 0}
 
 
 def test_stats_reads_ranges_from_the_cdn_and_matches_the_folder(http_lake, folder_lake, emulator, tmp_path):
