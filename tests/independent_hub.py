@@ -23,6 +23,8 @@ Hub may:
   also sends ``Authorization`` (S3 allows one auth mechanism), and honours ``Range``.
 * errors as the Hub sends them: a missing repo is 401 ``RepoNotFound`` to an anonymous
   client, a gated repo's files 401 ``GatedRepo``; ``X-Error-Code`` and ``X-Error-Message``.
+* a renamed (or transferred) repo's old API and resolve URLs answer 307 with a relative
+  ``Location`` under the new name, on the hub itself; its commits keep their shas.
 * ``RateLimit: "<bucket>";r=<left>;t=<reset>`` and ``RateLimit-Policy`` on every API and
   resolver answer (fixed windows), a 429 with ``Retry-After`` once a bucket is spent;
   ``others_per_request`` requests of another client sharing the quota land before each
@@ -144,10 +146,13 @@ class HubEmulator:
         url_ttl_s: how long a signed CDN URL lives.
         url_style: ``"s3"`` (X-Amz-*) or ``"cloudfront"`` (Expires, Signature, Key-Pair-Id).
         cdn_host: the CDN's address, another loopback host than the hub's.
+        renamed: old repo id -> new id; the old name's API and resolve URLs answer 307 to the new one's
+            (a relative ``Location``), as the Hub does for a renamed or transferred repo.
     """
 
     def __init__(self, root: Path, page_size: int = 2, limits: Limits | None = None, gated: set[str] = frozenset(),
-                 token: str | None = None, url_ttl_s: int = 3600, url_style: str = "s3", cdn_host: str = "127.0.0.2"):
+                 token: str | None = None, url_ttl_s: int = 3600, url_style: str = "s3", cdn_host: str = "127.0.0.2",
+                 renamed: dict[str, str] | None = None):
         self.root = Path(root)
         self.page_size = page_size
         self.limits = limits or Limits()
@@ -155,6 +160,7 @@ class HubEmulator:
         self.token = token
         self.url_ttl_s = url_ttl_s
         self.url_style = url_style
+        self.renamed = dict(renamed or {})
         self.log: list[Logged] = []
         self._secret = hashlib.sha256(str(time.time_ns()).encode()).digest()
         self._lock = threading.Lock()
@@ -221,7 +227,8 @@ class HubEmulator:
                 with self._lock:
                     self._blobs[files[rel].sha256] = path
         tree = "".join(f"{f.path}\0{f.blob_id}{f.sha256}\n" for f in files.values())
-        sha = hashlib.sha1(f"commit {repo_id}\n{tree}".encode()).hexdigest()
+        # A commit names its tree and time, not the repo: renaming a repo keeps its commits, as on the Hub.
+        sha = hashlib.sha1(f"commit {min(mtimes, default=0)}\n{tree}".encode()).hexdigest()
         card = _card(folder / "README.md")
         config = _json(folder / "config.json")
         created = datetime.fromtimestamp(min(mtimes, default=0), timezone.utc)
@@ -411,6 +418,8 @@ def _handler(hub: HubEmulator, server: str) -> type[BaseHTTPRequestHandler]:
             self._rate = (self._bucket, left, reset)
             if not allowed:
                 raise _Answer(429, None, "You have exceeded our rate limit. Retry later.")
+            if moved := self._moved(url.path):
+                return self._redirect(307, moved + (f"?{url.query}" if url.query else ""), {}, head)
             if self._bucket == "resolvers":
                 match = _RESOLVE.match(url.path)
                 return self._resolve(unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"]), head)
@@ -503,19 +512,28 @@ def _handler(hub: HubEmulator, server: str) -> type[BaseHTTPRequestHandler]:
                       "Vary": "Origin, Accept", "Access-Control-Expose-Headers": "X-Repo-Commit,X-Linked-Size,X-Linked-Etag,ETag,Link"}
             if f.lfs:
                 location = hub.sign(f.sha256, path.rsplit("/", 1)[-1])
-                body = f"Found. Redirecting to {location}".encode()
-                self._status = 302
-                self.send_response(302)
-                for key, value in {**common, "Location": location, "X-Linked-Size": str(f.size), "X-Linked-Etag": f'"{f.sha256}"',
-                                   "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))}.items():
-                    self.send_header(key, value)
-                self._rate_headers()
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-                return
+                return self._redirect(302, location, {**common, "X-Linked-Size": str(f.size), "X-Linked-Etag": f'"{f.sha256}"'}, head)
             data = GITATTRIBUTES if path == ".gitattributes" else (hub.root / repo_id / path).read_bytes()
             self._content(data, common, head, rate=True)
+
+        def _moved(self, raw_path: str) -> str | None:
+            """The path under a renamed repo's new name (relative, as the Hub redirects), or None."""
+            for pattern in (_RESOLVE, _TREE, _INFO):
+                if (match := pattern.match(raw_path)) and unquote(match["repo"]) in hub.renamed:
+                    start, end = match.span("repo")
+                    return raw_path[:start] + hub.renamed[unquote(match["repo"])] + raw_path[end:]
+            return None
+
+        def _redirect(self, status: int, location: str, headers: dict[str, str], head: bool = False) -> None:
+            body = f"{'Found' if status == 302 else 'Temporary Redirect'}. Redirecting to {location}".encode()
+            self._status = status
+            self.send_response(status)
+            for key, value in {**headers, "Location": location, "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self._rate_headers()
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
 
         # -- CDN ---------------------------------------------------------------
         def _cdn(self, head: bool) -> None:

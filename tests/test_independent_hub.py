@@ -17,7 +17,7 @@ from hubtree.cli import main
 from hubtree.ops.hub.http_file import HttpFile
 from hubtree.ops.hub.http_hub import HttpHub
 from hubtree.ops.hub.retry import RetryPolicy
-from hubtree.ops.hub.source import RepoQuery
+from hubtree.ops.hub.source import RepoQuery, RepoRef
 from hubtree.ops.weights.safetensors_reader import read_header
 from hubtree.lake import Lake
 from hubtree.pipelines.crawl import crawl_flow
@@ -200,3 +200,29 @@ def test_the_token_goes_to_the_hub_and_never_to_the_cdn(hub_dir, monkeypatch):
     assert [t.name for t in header.tensors] == ["w"]  # a gated file, read with the token
     assert log and all(r.authorized for r in log if r.server == "hub")
     assert [(r.status, r.authorized) for r in log if r.server == "cdn"] == [(206, False)]
+
+
+def test_stats_reads_a_repo_renamed_since_the_crawl(tmp_path, flows):
+    # The Hub answers a renamed (or transferred) repo's old URLs with a 307 to the new name on the hub itself;
+    # the commits stay. A lake crawled before the rename still names the old id.
+    root = tmp_path / "hub"
+    add_repo(root, "old/name", weights=tiny_weights(3, d=64))
+    lake = str(tmp_path / "lake")
+    with HubEmulator(root) as hub:
+        crawl_flow(hub=hub.url, lake=lake, progress=False)
+        (root / "new").mkdir()
+        (root / "old" / "name").rename(root / "new" / "name")
+        hub.renamed["old/name"] = "new/name"
+        hub.clear()
+        summary = stats_flow(lake=lake, progress=False, budget_bytes=2048)
+        log = list(hub.log)
+        hub.clear()
+        client = HttpHub(hub.url, policy=RetryPolicy())
+        record = client.repo_record(RepoRef("old/name", None))  # the API follows the 307 too, and counts it
+        assert (record.repo_id, client.traffic.api) == ("new/name", hub.count("api")) == ("new/name", 2)
+    assert summary["status"] == "completed" and summary["failed"] == 0
+    assert [r.status for r in log if r.bucket == "resolvers"] == [307, 302]  # followed on the hub, then to the CDN
+    assert [r.status for r in log if r.server == "cdn"] and all(r.status == 206 for r in log if r.server == "cdn")
+    assert Lake(lake).query("SELECT count(*) FROM layer_stats WHERE repo_id = 'old/name'").column(0)[0].as_py() == 2
+    run = last_run(lake, "stats")
+    assert (run["resolves"], run["cdn_requests"]) == (2, sum(r.server == "cdn" for r in log))

@@ -2,10 +2,11 @@
 
 On the Hub an LFS file's ``/resolve/`` URL answers 302 to a signed CDN URL valid about
 an hour; resolves count against the scarcest rate-limit bucket, the CDN against none.
-So a file is resolved once (a HEAD, or the first ranged GET, with redirects not
-followed): its ``X-Linked-Size``, ``X-Linked-Etag`` (the sha256 of an LFS file) and
-``X-Repo-Commit`` are kept, and so is the ``Location`` with its expiry (the URL's
-``Expires``); every later range goes to that kept URL. It is resolved again when it
+So a file is resolved once (a HEAD, or the first ranged GET; a redirect within the hub, a
+renamed repo's 307, is followed, the one to the CDN is not): its ``X-Linked-Size``,
+``X-Linked-Etag`` (the sha256 of an LFS file) and ``X-Repo-Commit`` are kept, and so is
+the ``Location`` with its expiry (the URL's ``Expires``); every later range goes to that
+kept URL. It is resolved again when it
 has expired, or when the CDN answers 403 (a signature the CDN no longer accepts).
 Files the hub serves itself (small, non-LFS: cards, configs) answer 200/206 directly.
 
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TypeVar
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
@@ -33,14 +35,24 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from hubtree.errors import HubError, TruncatedFileError
 from hubtree.ops.hub.retry import CDN, RESOLVE, RetryPolicy
-from hubtree.ops.hub.token_scope import scoped_token
+from hubtree.ops.hub.token_scope import origin, scoped_token
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A kept CDN URL is not used in its last seconds: a range sent then could arrive expired.
 EXPIRY_MARGIN_S = 5.0
+# Redirects within the hub (a renamed repo) followed per resolve, as huggingface_hub follows them.
+MAX_HUB_REDIRECTS = 5
+
+
+class _Moved:
+    """A request's answer was a redirect within the hub: send it again, at the new URL."""
+
+
+_MOVED = _Moved()
 
 
 @dataclass
@@ -146,9 +158,9 @@ class HttpFile:
         return self._own
 
     def resolve(self) -> Resolved:
-        """The file's resolve (one HEAD, redirects not followed) unless one is already kept."""
+        """The file's resolve (one HEAD; a redirect to the CDN not followed) unless one is already kept."""
         if self._resolved is None:
-            self._resolved = self.policy.run(RESOLVE, self._head, self.url)
+            self._resolved = self._resolving(self._head)
             self._size = self._size if self._resolved.size is None else self._resolved.size
         return self._resolved
 
@@ -192,7 +204,7 @@ class HttpFile:
                 self._resolved = None  # a URL the CDN no longer accepts: resolve again, once
         elif resolved is not None and resolved.location is None:
             return self.policy.run(RESOLVE, lambda: self._range_get(self.url, start, end, cdn=False), self.url)
-        data = self.policy.run(RESOLVE, lambda: self._resolve_get(start, end), self.url)
+        data = self._resolving(lambda: self._resolve_get(start, end))
         if data is not None:
             return data
         location = self._resolved.location
@@ -204,19 +216,42 @@ class HttpFile:
     def _expired(self, resolved: Resolved) -> bool:
         return resolved.expires is not None and self._clock() >= resolved.expires - EXPIRY_MARGIN_S
 
-    def _head(self) -> Resolved:
+    def _resolving(self, attempt: Callable[[], T | _Moved]) -> T:
+        """``attempt`` (one request to the resolve URL) under the policy; sent again, to the new URL, while the
+        hub redirects to itself. The Hub answers a renamed or transferred repo's old URLs with a 307 to the
+        new name (a relative ``Location``): that is a move, not the CDN, which is on another host."""
+        for _ in range(MAX_HUB_REDIRECTS + 1):
+            result = self.policy.run(RESOLVE, attempt, self.url)
+            if result is not _MOVED:
+                return result
+        raise HubError(f"{self.url}: more than {MAX_HUB_REDIRECTS} redirects within the hub")
+
+    def _moved(self, response: httpx2.Response) -> bool:
+        """A redirect to the hub's own origin: follow it from now on (``self.url`` becomes the target)."""
+        if not response.has_redirect_location:
+            return False
+        target = urljoin(self.url, response.headers["location"])
+        if origin(target)[0] != origin(self.url)[0]:  # another host (or port): the CDN
+            return False
+        self.url = target
+        return True
+
+    def _head(self) -> Resolved | _Moved:
         response = get_session().head(self.url, headers=self._headers, timeout=self.policy.timeout, follow_redirects=False)
         self._count(RESOLVE)
         self.policy.observe(response)
         hf_raise_for_status(response)
-        return self._resolution(response)
+        return _MOVED if self._moved(response) else self._resolution(response)
 
-    def _resolve_get(self, start: int, end: int) -> bytes | None:
-        """One ranged GET of the resolve URL: the bytes if the hub serves them, None (and the resolve kept) if it redirects."""
+    def _resolve_get(self, start: int, end: int) -> bytes | None | _Moved:
+        """One ranged GET of the resolve URL: the bytes if the hub serves them, None (and the resolve kept) if it
+        redirects to the CDN, ``_MOVED`` if to itself."""
         headers = {**self._headers, "Range": f"bytes={start}-{end - 1}"}
         with get_session().stream("GET", self.url, headers=headers, timeout=self.policy.timeout, follow_redirects=False) as response:
             self._count(RESOLVE)
             self.policy.observe(response)
+            if self._moved(response):
+                return _MOVED
             if response.has_redirect_location:
                 self._resolved = self._resolution(response)
                 self._size = self._size if self._resolved.size is None else self._resolved.size

@@ -152,6 +152,8 @@ class HttpHub:
     def _get_json(self, url: str, params: list[tuple[str, Any]] | None) -> httpx2.Response:
         self.traffic.add(API)
         response = get_session().get(url, params=params, headers=self._headers, timeout=self.policy.timeout)
+        for _ in response.history:  # the session follows a renamed repo's 307 to its new name: a request each
+            self.traffic.add(API)
         self.policy.observe(response)
         hf_raise_for_status(response)
         return response

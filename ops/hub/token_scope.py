@@ -52,8 +52,8 @@ def scoped_token(endpoint: str, token: str | bool | None = None) -> str | bool:
 def trusted(url: str) -> bool:
     """``url`` is on the Hub, on HF_ENDPOINT if the user set it, or on a hub in HUBTREE_TOKEN_HUBS."""
     hubs = [HUB, os.environ.get("HF_ENDPOINT", "")] + os.environ.get(TOKEN_HUBS_ENV, "").replace(",", " ").split()
-    origin, path = _origin(url)
-    return any(origin == o and (path + "/").startswith(p + "/") for o, p in map(_origin, filter(None, hubs)))
+    here, path = origin(url)
+    return any(here == o and (path + "/").startswith(p + "/") for o, p in map(origin, filter(None, hubs)))
 
 
 def add_token_hub(url: str) -> None:
@@ -62,7 +62,7 @@ def add_token_hub(url: str) -> None:
     os.environ[TOKEN_HUBS_ENV] = " ".join(dict.fromkeys([*hubs, url]))
 
 
-def _origin(url: str) -> tuple[tuple[str, str, int | None], str]:
+def origin(url: str) -> tuple[tuple[str, str, int | None], str]:
     """((scheme, host, port), path): ``https://hub`` and ``https://hub:443/`` are one endpoint."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
