@@ -13,6 +13,8 @@ unless ``--max-layers`` caps its candidates as ``probex fit`` does by default):
   - dense on the direction: the same ridge on ProbeX's input, each layer's update from the
     family's base scaled to unit norm (``direction``), the whole layer where ProbeX's head
     reads its coordinates along the probes (the top 64 x 128 directions of the labelled updates);
+    the base is the one ProbeX has, the trees stage's root in the lake (else the labelled
+    models' mean), never the zoo's truth;
   - stats: every layer's statistics (layer_stats) + a logistic head.
 Search: each dataset's paraphrase (never its description) as the query; precision@5 over all
 models, and over the held-out models only (found by what their weights predict).
@@ -142,6 +144,8 @@ def run_zoo(out: Path, seed: int, epochs: int, max_layers: int, wide: bool = Fal
     for r in rows:
         scored[r["repo_id"]][r["label"]] = r["score"]
 
+    roots = {r["repo_id"]: r["root"] for r in lake.query(
+        "SELECT f.repo_id, t.child_repo_id AS root FROM families f JOIN tree_edges t ON t.family_id = f.family_id AND t.source = 'root'").to_pylist()}
     results: dict[str, list] = defaultdict(list)
     for family, repos in truth.families.items():
         train = [r for r in labelled if r in repos]
@@ -150,11 +154,13 @@ def run_zoo(out: Path, seed: int, epochs: int, max_layers: int, wide: bool = Fal
         y, y_test = (np.array([[float(n in truth.labels[r]) for n in names] for r in rs]) for rs in (train, test))
         labels = [f"{DATA_ORG}/{n}" for n in names]
         results["probex"].append((np.array([[scored[r].get(l, 0.0) for l in labels] for r in test]), y_test))
-        weights = {r: _matrices(zoo / "hub" / r / "model.safetensors") for r in [repos[0], *train, *test]}
+        root = roots.get(train[0])  # the family's base as the lake has it (the trees stage's root), as ProbeX centres
+        weights = {r: _matrices(zoo / "hub" / r / "model.safetensors") for r in {*filter(None, [root]), *train, *test}}
         layers = sorted(weights[train[0]])
         dense = {n: (np.stack([weights[r][n].ravel() for r in train]), np.stack([weights[r][n].ravel() for r in test])) for n in layers}
         results["dense"].append((choose_layer(dense, y, ridge)[1], y_test))
-        centred = {n: tuple(direction(torch.from_numpy(np.stack([weights[r][n] for r in rs])), torch.from_numpy(weights[repos[0]][n])).flatten(1).double().numpy()
+        base = {n: weights[root][n] if root else np.mean([weights[r][n] for r in train], axis=0) for n in layers}
+        centred = {n: tuple(direction(torch.from_numpy(np.stack([weights[r][n] for r in rs])), torch.from_numpy(base[n])).flatten(1).double().numpy()
                             for rs in (train, test)) for n in layers}
         results["dense on the direction"].append((choose_layer(centred, y, ridge)[1], y_test))
         oracle = max((ridge(*dense[n][:1], y, dense[n][1]) for n in layers), key=lambda s: metrics(s, y_test)["acc"])
